@@ -1,0 +1,36 @@
+# `make serve` and `make test` set everything up from a clean clone.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip install --quiet -c constraints.txt
+STAMP := $(VENV)/.installed
+
+.PHONY: install serve test lint bench clean
+
+install: $(STAMP)
+
+# torch first (it takes the local CPU wheel), then torchrec without its declared CUDA deps.
+$(STAMP): constraints.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) torch
+	$(PIP) fbgemm-gpu-cpu
+	$(PIP) --no-deps torchrec
+	$(PIP) -e '.[dev]'
+	touch $(STAMP)
+
+serve: install
+	$(BIN)/seqserve serve
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy serving handler
+
+test: lint
+	$(BIN)/pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/engine_bench.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
