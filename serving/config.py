@@ -1,0 +1,211 @@
+"""The model spec (CONTRACT section 1) as typed models, with every rule checked at load."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from serving.errors import SpecError
+
+NAME_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
+# FBGEMM's fused sequence kernel works on shard widths that are a multiple of this.
+WIDTH_MULTIPLE = 4
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TableSpec(_Strict):
+    name: str = Field(min_length=1)
+    num_embeddings: int
+    embedding_dim: int
+    features: list[str] = Field(min_length=1)
+
+
+class TablePlacement(_Strict):
+    column_wise: list[int] | None = None
+    table_wise: int | None = None
+
+
+class ShardingSpec(_Strict):
+    world_size: int = Field(ge=1)
+    tables: dict[str, TablePlacement] = Field(default_factory=dict)
+
+
+class WeightsSpec(_Strict):
+    safetensors: Path | None = None
+    dcp: Path | None = None
+
+
+@dataclass(frozen=True)
+class Shard:
+    rank: int
+    start: int  # first column
+    end: int  # one past the last column
+
+
+@dataclass(frozen=True)
+class TablePlan:
+    kind: str  # "column_wise" or "table_wise"
+    shards: tuple[Shard, ...]
+
+
+class ModelSpec(_Strict):
+    name: str
+    tables: list[TableSpec] = Field(min_length=1)
+    sharding: ShardingSpec
+    weights: WeightsSpec | None = None
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> ModelSpec:
+        if not NAME_RE.match(self.name):
+            raise ValueError(f"model name {self.name!r} must match [a-z0-9_-]{{1,64}}")
+        _check_tables(self)
+        _check_plan(self)
+        if self.weights and (self.weights.safetensors is None) == (self.weights.dcp is None):
+            raise ValueError("weights: give exactly one of 'safetensors' or 'dcp'")
+        return self
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.tables[0].embedding_dim
+
+    @property
+    def features(self) -> list[str]:
+        """Every feature, in spec order: the key order of every KeyedJaggedTensor."""
+        return [f for t in self.tables for f in t.features]
+
+    def table_of(self) -> dict[str, TableSpec]:
+        return {f: t for t in self.tables for f in t.features}
+
+    def plan(self) -> dict[str, TablePlan]:
+        return {t.name: table_plan(self, t) for t in self.tables}
+
+
+def table_plan(spec: ModelSpec, table: TableSpec) -> TablePlan:
+    placement = spec.sharding.tables.get(table.name)
+    dim = table.embedding_dim
+    if placement is not None and placement.table_wise is not None:
+        return TablePlan("table_wise", (Shard(placement.table_wise, 0, dim),))
+    ranks = placement.column_wise if placement else None
+    ranks = ranks if ranks is not None else list(range(spec.sharding.world_size))
+    width = dim // len(ranks) if ranks else 0
+    return TablePlan(
+        "column_wise", tuple(Shard(r, k * width, (k + 1) * width) for k, r in enumerate(ranks))
+    )
+
+
+def _check_tables(spec: ModelSpec) -> None:
+    seen_tables: set[str] = set()
+    seen_features: dict[str, str] = {}
+    for t in spec.tables:
+        if t.name in seen_tables:
+            raise ValueError(f"table '{t.name}': table names must be unique")
+        seen_tables.add(t.name)
+        if t.num_embeddings < 1:
+            raise ValueError(f"table '{t.name}': num_embeddings must be >= 1")
+        if t.embedding_dim < 1:
+            raise ValueError(f"table '{t.name}': embedding_dim must be >= 1")
+        if t.embedding_dim != spec.embedding_dim:
+            raise ValueError(
+                f"table '{t.name}': embedding_dim {t.embedding_dim} differs from "
+                f"'{spec.tables[0].name}' ({spec.embedding_dim}); all tables of one "
+                "EmbeddingCollection share one dim"
+            )
+        for f in t.features:
+            if f in seen_features:
+                raise ValueError(
+                    f"table '{t.name}': feature '{f}' is already served by table "
+                    f"'{seen_features[f]}'; feature names must be unique"
+                )
+            seen_features[f] = t.name
+
+
+def _check_plan(spec: ModelSpec) -> None:
+    world = spec.sharding.world_size
+    names = {t.name for t in spec.tables}
+    for name in spec.sharding.tables:
+        if name not in names:
+            raise ValueError(f"sharding.tables: table '{name}' is not in tables")
+    widths: dict[int, str] = {}
+    for t in spec.tables:
+        placement = spec.sharding.tables.get(t.name)
+        if placement is not None:
+            both = placement.column_wise is not None and placement.table_wise is not None
+            if both or (placement.column_wise is None and placement.table_wise is None):
+                raise ValueError(f"table '{t.name}': give exactly one of column_wise or table_wise")
+            if placement.column_wise is not None and not placement.column_wise:
+                raise ValueError(f"table '{t.name}': column_wise needs at least one rank")
+            ranks = placement.column_wise or [placement.table_wise or 0]
+            for r in ranks:
+                if not 0 <= r < world:
+                    raise ValueError(
+                        f"table '{t.name}': rank {r} is outside [0, world_size={world})"
+                    )
+        plan = table_plan(spec, t)
+        if plan.kind != "column_wise":
+            continue
+        n = len(plan.shards)
+        if t.embedding_dim % n:
+            raise ValueError(
+                f"table '{t.name}': embedding_dim {t.embedding_dim} does not split into "
+                f"{n} equal column shards"
+            )
+        width = t.embedding_dim // n
+        if width % WIDTH_MULTIPLE:
+            raise ValueError(
+                f"table '{t.name}': column shard width {width} is not a multiple of "
+                f"{WIDTH_MULTIPLE} (FBGEMM's fused sequence kernel)"
+            )
+        widths.setdefault(width, t.name)
+    if len(widths) > 1:
+        found = ", ".join(f"'{name}' has {w}" for w, name in widths.items())
+        raise ValueError(
+            f"column-wise tables must share one shard width (FBGEMM needs one width): {found}"
+        )
+
+
+def load_spec(path: str | Path) -> ModelSpec:
+    """Read and check model.yaml; weight paths become absolute (relative to the file)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise SpecError(f"{path}: cannot read the model spec: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: the model spec must be a mapping")
+    spec = parse_spec(raw, source=str(path))
+    return resolve_weights(spec, path.parent)
+
+
+def parse_spec(raw: dict[str, Any], source: str = "model spec") -> ModelSpec:
+    try:
+        return ModelSpec.model_validate(raw)
+    except ValidationError as e:
+        raise SpecError(f"{source}: {_one_line(e)}") from None
+
+
+def resolve_weights(spec: ModelSpec, base: Path) -> ModelSpec:
+    w = spec.weights
+    if w is None:
+        return spec
+    fixed = {k: (base / v).resolve() for k, v in w.model_dump().items() if v is not None}
+    return spec.model_copy(update={"weights": WeightsSpec(**fixed)})
+
+
+def _one_line(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)

@@ -1,0 +1,57 @@
+"""The built-in demo model (CONTRACT section 1's example), and writing it to disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from safetensors.torch import save_file
+
+from serving.config import ModelSpec, load_spec, parse_spec
+from serving.engine import weights
+
+DEMO: dict[str, Any] = {
+    "name": "demo",
+    "tables": [
+        {
+            "name": "items",
+            "num_embeddings": 100_000,
+            "embedding_dim": 64,
+            "features": ["item_id", "clicked_item_id"],
+        },
+        {
+            "name": "categories",
+            "num_embeddings": 1000,
+            "embedding_dim": 64,
+            "features": ["category_id"],
+        },
+    ],
+    "sharding": {
+        "world_size": 2,
+        "tables": {
+            "items": {"column_wise": [0, 1, 0, 1]},
+            "categories": {"column_wise": [1, 0, 1, 0]},
+        },
+    },
+    "seed": 0,
+}
+
+
+def demo_spec() -> ModelSpec:
+    return parse_spec(DEMO, source="built-in demo")
+
+
+def write_model(directory: Path, raw: dict[str, Any] | None = None) -> Path:
+    """Write DIR/model.yaml and DIR/weights.safetensors (the spec's seeded random rows)."""
+    raw = dict(raw or DEMO)
+    raw.pop("weights", None)
+    spec = parse_spec(raw)
+    directory.mkdir(parents=True, exist_ok=True)
+    tables = {t.name: weights.random_table(spec, t).contiguous() for t in spec.tables}
+    save_file(tables, str(directory / "weights.safetensors"))
+    raw["weights"] = {"safetensors": "weights.safetensors"}
+    path = directory / "model.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    load_spec(path)  # what we wrote must load
+    return path

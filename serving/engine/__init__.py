@@ -1,0 +1,1 @@
+"""The sharded engine: rank processes holding a DMP-sharded EmbeddingCollection."""

@@ -1,0 +1,68 @@
+"""Weights from a torch.distributed.checkpoint written by a TorchRec training job.
+
+The job may have used any plan (row-wise, table-wise, ...): DCP reshards on load into this
+server's column-wise shards. DCP metadata is pickled, so a checkpoint is trusted input.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+from serving.config import ModelSpec
+from serving.engine.model import state_key
+from serving.errors import SpecError
+
+
+def _metadata(path: Path) -> dict[str, object]:
+    if not (path / ".metadata").is_file():
+        raise SpecError(f"weights: {path} is not a torch.distributed.checkpoint (no .metadata)")
+    try:
+        return dict(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
+    except Exception as e:
+        raise SpecError(f"weights: cannot read checkpoint metadata in {path}: {e}") from e
+
+
+def checkpoint_keys(spec: ModelSpec, path: Path) -> dict[str, str]:
+    """Table name -> its key in the checkpoint, e.g. 'sparse.ec.embeddings.items.weight'."""
+    meta = _metadata(path)
+    keys = {}
+    for t in spec.tables:
+        suffix = f"embeddings.{t.name}.weight"
+        found = [k for k in meta if k == suffix or k.endswith("." + suffix)]
+        if len(found) != 1:
+            what = "no key" if not found else f"{len(found)} keys ({', '.join(sorted(found))})"
+            raise SpecError(f"table '{t.name}': {what} ending in '{suffix}' in checkpoint {path}")
+        entry = meta[found[0]]
+        size = tuple(entry.size) if isinstance(entry, TensorStorageMetadata) else None
+        want = (t.num_embeddings, t.embedding_dim)
+        if size != want:
+            raise SpecError(
+                f"table '{t.name}': checkpoint tensor '{found[0]}' has shape "
+                f"{list(size) if size else 'none'}, not [num_embeddings, embedding_dim] = "
+                f"{list(want)}"
+            )
+        keys[t.name] = found[0]
+    return keys
+
+
+def check(spec: ModelSpec, path: Path) -> None:
+    checkpoint_keys(spec, path)
+
+
+def load(spec: ModelSpec, model: torch.nn.Module, path: Path) -> None:
+    """Collective: every rank calls it; each one receives exactly its own shards."""
+    keys = checkpoint_keys(spec, path)
+    state = model.state_dict()
+    wanted = {keys[t.name]: state[state_key(i)] for i, t in enumerate(spec.tables)}
+    dcp.load(wanted, storage_reader=dcp.FileSystemReader(str(path)))
+
+
+def full_tables(spec: ModelSpec, path: Path) -> dict[str, torch.Tensor]:
+    keys = checkpoint_keys(spec, path)
+    out = {t.name: torch.empty(t.num_embeddings, t.embedding_dim) for t in spec.tables}
+    dcp.load({keys[n]: v for n, v in out.items()}, checkpoint_id=str(path), no_dist=True)
+    return out

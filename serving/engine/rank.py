@@ -1,0 +1,132 @@
+"""One rank process: joins the group, holds its shards, runs every forward it is sent."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import signal
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torchrec import KeyedJaggedTensor
+
+from serving.config import ModelSpec
+from serving.engine import model as model_lib
+from serving.engine import weights
+from serving.engine.quiet import quiet_torch_logs
+from serving.engine.transport import Done, Failed, Forward, NewBuffer, Ready, Stop, receive_buffer
+
+
+@dataclass(frozen=True)
+class RankArgs:
+    rank: int
+    spec: ModelSpec
+    store_port: int
+    store_prefix: str
+    device: str  # "cpu" or "cuda"
+    threads: int
+    parent_pid: int
+
+
+def main(args: RankArgs, conn: Connection) -> None:
+    # Ctrl-C reaches the whole process group; the driver decides when ranks stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    quiet_torch_logs()
+    _watch_parent(args.parent_pid)
+    try:
+        model, device = _start(args)
+        _warm_up(args.spec, model, device)
+    except BaseException:
+        conn.send(Failed(traceback.format_exc()))
+        return
+    conn.send(Ready({"rank": args.rank, "pid": os.getpid(), "device": str(device)}))
+    try:
+        _serve(args.spec, model, device, conn)
+    except (EOFError, BrokenPipeError):
+        pass  # the driver went away
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Exit when the driver dies, even by SIGKILL: no rank outlives its driver."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.2)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _start(args: RankArgs) -> tuple[torch.nn.Module, torch.device]:
+    torch.set_num_threads(args.threads)
+    world = args.spec.sharding.world_size
+    if args.device == "cuda":
+        device = torch.device("cuda", args.rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    store = dist.TCPStore("127.0.0.1", args.store_port, is_master=False)
+    dist.init_process_group(
+        backend, store=dist.PrefixStore(args.store_prefix, store), rank=args.rank, world_size=world
+    )
+    model = model_lib.shard(args.spec, device)
+    weights.load(args.spec, model, args.rank)
+    return model, device
+
+
+def _lookup(model: torch.nn.Module, device: torch.device, msg: Forward) -> list[torch.Tensor]:
+    kjt = KeyedJaggedTensor(
+        keys=list(msg.keys),
+        values=torch.from_numpy(msg.values),
+        lengths=torch.from_numpy(msg.lengths),
+    ).to(device)
+    with torch.no_grad():
+        out = model(kjt)
+        jts = out.wait() if hasattr(out, "wait") else out
+        return [jts[k].values() for k in msg.keys]
+
+
+def _warm_up(spec: ModelSpec, model: torch.nn.Module, device: torch.device) -> None:
+    # Every rank runs the same collective sequence; the first forward builds TorchRec's
+    # input-dist state, so it is paid here rather than by the first request.
+    keys = tuple(spec.features)
+    rows = spec.table_of()
+    values = np.concatenate([np.array([0, rows[k].num_embeddings - 1]) for k in keys])
+    _lookup(model, device, Forward(keys, np.full(len(keys), 2, np.int32), values))
+
+
+def _serve(spec: ModelSpec, model: torch.nn.Module, device: torch.device, conn: Connection) -> None:
+    dim = spec.embedding_dim
+    buf: mmap.mmap | None = None
+    while True:
+        msg = conn.recv()
+        if isinstance(msg, Stop):
+            return
+        if isinstance(msg, NewBuffer):
+            if buf is not None:
+                buf.close()
+            buf = receive_buffer(conn, msg)
+            continue
+        try:
+            outputs = _lookup(model, device, msg)
+            rows = tuple(int(v.shape[0]) for v in outputs)
+            if sum(rows):
+                assert buf is not None, "the driver sends a buffer before rows are due"
+                dest = torch.frombuffer(buf, dtype=torch.float32, count=sum(rows) * dim)
+                if device.type == "cpu":
+                    torch.cat(outputs, out=dest.view(-1, dim))
+                else:
+                    dest.view(-1, dim).copy_(torch.cat(outputs))
+            conn.send(Done(rows))
+        except Exception:
+            conn.send(Failed(traceback.format_exc()))

@@ -1,0 +1,92 @@
+"""Driver <-> rank messages, and the shared output buffer each rank writes its rows into.
+
+Ids are small and travel over the pipe. Rows are large (ids x dim x 4 bytes), so each rank
+writes them into an anonymous memfd that the driver created and passed over the socketpair:
+one copy on each side, no pickling, and nothing left in /dev/shm if a process is killed.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.reduction import recv_handle, send_handle
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Forward:
+    keys: tuple[str, ...]
+    lengths: np.ndarray  # int32, key-major
+    values: np.ndarray  # int64
+
+
+@dataclass(frozen=True)
+class NewBuffer:
+    size: int  # bytes; the fd follows on the connection
+
+
+@dataclass(frozen=True)
+class Stop:
+    pass
+
+
+@dataclass(frozen=True)
+class Ready:
+    info: dict[str, object]
+
+
+@dataclass(frozen=True)
+class Done:
+    rows: tuple[int, ...]  # rows written per key, in key order
+
+
+@dataclass(frozen=True)
+class Failed:
+    traceback: str
+
+
+class OutputBuffer:
+    """Driver side: a growable memfd shared with one rank."""
+
+    def __init__(self, rank: int):
+        self.rank = rank
+        self.size = 0
+        self._mm: mmap.mmap | None = None
+
+    def ensure(self, nbytes: int, conn: Connection, pid: int) -> None:
+        """Grow to hold `nbytes`, handing the new fd to the rank (before its next Forward)."""
+        if nbytes <= self.size:
+            return
+        size = max(1 << 20, 1 << (nbytes - 1).bit_length())
+        fd = os.memfd_create(f"seqserve-rank{self.rank}")
+        try:
+            os.ftruncate(fd, size)
+            conn.send(NewBuffer(size))
+            send_handle(conn, fd, pid)
+            self.close()
+            self._mm = mmap.mmap(fd, size)
+            self.size = size
+        finally:
+            os.close(fd)
+
+    def rows(self, count: int, dim: int) -> np.ndarray:
+        assert self._mm is not None
+        return np.frombuffer(self._mm, dtype=np.float32, count=count * dim).reshape(count, dim)
+
+    def close(self) -> None:
+        if self._mm is not None:
+            self._mm.close()
+            self._mm = None
+        self.size = 0
+
+
+def receive_buffer(conn: Connection, msg: NewBuffer) -> mmap.mmap:
+    """Rank side: map the fd that follows a NewBuffer message."""
+    fd = recv_handle(conn)
+    try:
+        return mmap.mmap(fd, msg.size)
+    finally:
+        os.close(fd)

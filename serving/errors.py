@@ -1,0 +1,28 @@
+"""The one error taxonomy. Each front maps these kinds to statuses in one place."""
+
+from __future__ import annotations
+
+
+class SeqServeError(Exception):
+    """Base of every error seqserve raises on purpose."""
+
+
+class SpecError(SeqServeError):
+    """The model spec or its weights break a rule; the message names the table and the rule."""
+
+
+class InvalidInput(SeqServeError):
+    """A request is malformed; the message names the field and the position."""
+
+    def __init__(self, message: str, field: str | None = None, position: int | None = None):
+        super().__init__(message)
+        self.field = field
+        self.position = position
+
+
+class EngineStartError(SeqServeError):
+    """A rank failed to start; the message carries that rank's traceback."""
+
+
+class EngineUnavailable(SeqServeError):
+    """The rank group is not serving (not started, died, or timed out)."""
