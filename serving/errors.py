@@ -26,3 +26,27 @@ class EngineStartError(SeqServeError):
 
 class EngineUnavailable(SeqServeError):
     """The rank group is not serving (not started, died, or timed out)."""
+
+
+class PayloadTooLarge(SeqServeError):
+    """A body, an id count or an instance count is over its limit."""
+
+
+class UnsupportedMediaType(SeqServeError):
+    """A content type other than JSON or msgpack."""
+
+
+class UnknownModel(SeqServeError):
+    """No model of that name is served here."""
+
+
+class QueueFull(SeqServeError):
+    """Admission control: the batch queue is at its bound; retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: float = 1.0):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class DeadlineExceeded(SeqServeError):
+    """A request waited past its deadline; it was not computed."""
