@@ -79,6 +79,7 @@ def slices(requests: Sequence[Request], parts: int) -> list[slice]:
         return []
     sizes = np.array([sum(len(v) for v in r.values()) + 1 for r in requests], dtype=np.int64)
     cum = np.cumsum(sizes)
-    cuts = np.searchsorted(cum, cum[-1] * np.arange(1, parts) / parts, side="left") + 1
+    targets = cum[-1] * np.arange(1, parts) / parts
+    cuts = np.abs(cum[None, :] - targets[:, None]).argmin(axis=1) + 1
     bounds = [0, *sorted(set(int(c) for c in cuts if 0 < c < len(requests))), len(requests)]
     return [slice(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]

@@ -73,6 +73,8 @@ class OutputBuffer:
             os.close(fd)
 
     def rows(self, count: int, dim: int) -> np.ndarray:
+        if count == 0:
+            return np.zeros((0, dim), dtype=np.float32)
         assert self._mm is not None
         return np.frombuffer(self._mm, dtype=np.float32, count=count * dim).reshape(count, dim)
 

@@ -1,0 +1,49 @@
+"""Model specs and request batches the distributed tests share."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from serving.config import ModelSpec, parse_spec
+
+
+def spec(
+    world: int, dim: int, tables: list[tuple[str, int, list[str], Any]], seed: int = 0
+) -> ModelSpec:
+    """tables: (name, rows, features, placement) with placement a rank list (column-wise),
+    an int (table-wise) or None (left out: one shard per rank)."""
+    placements: dict[str, Any] = {}
+    for name, _, _, where in tables:
+        if isinstance(where, list):
+            placements[name] = {"column_wise": where}
+        elif isinstance(where, int):
+            placements[name] = {"table_wise": where}
+    return parse_spec(
+        {
+            "name": "t",
+            "tables": [
+                {"name": n, "num_embeddings": r, "embedding_dim": dim, "features": f}
+                for n, r, f, _ in tables
+            ],
+            "sharding": {"world_size": world, "tables": placements},
+            "seed": seed,
+        }
+    )
+
+
+def requests(
+    spec: ModelSpec, count: int, seed: int = 0, max_len: int = 6
+) -> list[dict[str, np.ndarray]]:
+    """Random requests plus the edge cases: empty sequences, repeats, first and last rows."""
+    rng = np.random.default_rng(seed)
+    rows = {f: t.num_embeddings for f, t in spec.table_of().items()}
+    feats = spec.features
+    out: list[dict[str, np.ndarray]] = []
+    for _ in range(count):
+        named = [f for f in feats if rng.random() < 0.7]
+        out.append({f: rng.integers(0, rows[f], size=rng.integers(0, max_len + 1)) for f in named})
+    edge = {f: np.array([0, rows[f] - 1, rows[f] - 1, 0], dtype=np.int64) for f in feats}
+    out[:0] = [edge, {f: np.zeros(0, dtype=np.int64) for f in feats}, {}]
+    return out

@@ -1,0 +1,128 @@
+"""The sharded engine against an unsharded EmbeddingCollection with the same weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from serving.config import ModelSpec
+from serving.engine import weights
+from serving.engine.sharded import ShardedEngine
+from serving.errors import InvalidInput
+from tests.distributed.plans import requests, spec
+from tests.reference import assert_exact
+
+pytestmark = pytest.mark.slow
+
+PLANS = {
+    # world 1: every shard on the only rank
+    "world1": spec(1, 8, [("items", 50, ["a", "b"], [0, 0]), ("cats", 7, ["c"], 0)]),
+    # world 2: interleaved, a reversed copy, a table-wise table beside them, shared tables
+    "world2-interleaved-tw": spec(
+        2,
+        16,
+        [
+            ("items", 1000, ["a", "b"], [0, 1, 0, 1]),
+            ("cats", 20, ["c"], [1, 0, 1, 0]),
+            ("shops", 30, ["d", "e"], 1),
+        ],
+    ),
+    # [1, 0, 0]: rank 1 holds the first columns, rank 0 two shards
+    "world2-100": spec(
+        2, 12, [("items", 300, ["a"], [1, 0, 0]), ("cats", 5, ["c", "d"], [0, 1, 1])]
+    ),
+    # world 3: [2, 0, 1, 1], table-wise on rank 2, and a default plan
+    "world3": spec(
+        3,
+        16,
+        [
+            ("items", 500, ["a", "b"], [2, 0, 1, 1]),
+            ("cats", 9, ["c"], 2),
+            ("tags", 40, ["d"], [0, 2, 1, 0]),
+        ],
+    ),
+}
+
+
+def run(spec_: ModelSpec, batches: list[list[dict[str, np.ndarray]]], dispatch: str) -> None:
+    tables = weights.full_tables(spec_)
+    with ShardedEngine(spec_, dispatch=dispatch, threads_per_rank=1) as engine:  # type: ignore[arg-type]
+        for reqs in batches:
+            assert_exact(spec_, tables, reqs, engine.forward(reqs))
+
+
+@pytest.mark.parametrize("name", list(PLANS))
+def test_sharded_rows_equal_the_unsharded_model(name: str) -> None:
+    s = PLANS[name]
+    # One request, a few, and many in one batch; the same engine serves them in turn.
+    run(s, [requests(s, 1, seed=1)[:1], requests(s, 5, seed=2), requests(s, 300, seed=3)], "split")
+
+
+@pytest.mark.parametrize("name", ["world2-interleaved-tw", "world3"])
+def test_whole_batch_on_rank_zero_is_exact_too(name: str) -> None:
+    s = PLANS[name]
+    run(s, [requests(s, 40, seed=4)], "one")
+
+
+def test_out_of_range_ids_never_reach_the_ranks() -> None:
+    s = PLANS["world2-interleaved-tw"]
+    tables = weights.full_tables(s)
+    with ShardedEngine(s, threads_per_rank=1) as engine:
+        good = requests(s, 4, seed=5)
+        for bad in ({"a": np.array([3, 1000])}, {"c": np.array([-1])}):
+            with pytest.raises(InvalidInput, match=r"is outside \[0, "):
+                engine.forward([*good, bad])
+        assert engine.ready
+        assert_exact(s, tables, good, engine.forward(good))
+
+
+@st.composite
+def random_plans(draw: st.DrawFn) -> ModelSpec:
+    world = draw(st.integers(1, 3))
+    shards = draw(st.integers(1, 4))
+    width = draw(st.sampled_from([4, 8]))
+    tables = []
+    for i in range(draw(st.integers(1, 3))):
+        rows = draw(st.integers(1, 60))
+        features = [f"t{i}f{j}" for j in range(draw(st.integers(1, 2)))]
+        if draw(st.booleans()):
+            where: object = draw(
+                st.lists(st.integers(0, world - 1), min_size=shards, max_size=shards)
+            )
+        else:
+            where = draw(st.integers(0, world - 1))
+        tables.append((f"table{i}", rows, features, where))
+    return spec(world, shards * width, tables, seed=draw(st.integers(0, 1000)))
+
+
+# Each example starts a rank group (seconds), so no shrinking: a failure prints its plan.
+@settings(
+    max_examples=4,
+    deadline=None,
+    phases=[Phase.explicit, Phase.generate],
+    suppress_health_check=list(HealthCheck),
+)
+@given(plan=random_plans(), seed=st.integers(0, 2**16), dispatch=st.sampled_from(["split", "one"]))
+def test_property_any_valid_plan_and_batch_is_exact(
+    plan: ModelSpec, seed: int, dispatch: str
+) -> None:
+    run(plan, [requests(plan, n, seed=seed + n) for n in (1, 7, 60)], dispatch)
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="CUDA is absent: the NCCL/GPU path needs GPUs"
+)
+def test_cuda_ranks_are_exact() -> None:
+    world = min(2, torch.cuda.device_count())
+    s = spec(
+        world,
+        16,
+        [("items", 1000, ["a", "b"], [i % world for i in range(4)]), ("cats", 20, ["c"], 0)],
+    )
+    tables = weights.full_tables(s)
+    with ShardedEngine(s, device="cuda") as engine:
+        reqs = requests(s, 200, seed=6)
+        assert_exact(s, tables, reqs, engine.forward(reqs))

@@ -1,0 +1,123 @@
+"""Weights from safetensors and from a DCP checkpoint of another plan serve the same rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from serving.config import ModelSpec, WeightsSpec, load_spec
+from serving.demo import write_model
+from serving.engine import weights
+from serving.engine.sharded import ShardedEngine
+from serving.errors import EngineStartError, SpecError
+from tests.distributed.plans import requests, spec
+from tests.distributed.training_job import save_checkpoint
+from tests.reference import assert_exact
+
+pytestmark = pytest.mark.slow
+
+SPEC = spec(
+    2,
+    16,
+    [("products", 777, ["a", "b"], [1, 0, 0, 1]), ("cats", 13, ["c"], [0, 1, 1, 0])],
+    seed=5,
+)
+RAW = SPEC.model_dump(mode="json", exclude_none=True)
+
+
+def with_weights(s: ModelSpec, **w: Path) -> ModelSpec:
+    return s.model_copy(
+        update={"weights": type(s).model_fields["weights"].annotation.__args__[0](**w)}
+    )  # type: ignore[union-attr]
+
+
+@pytest.fixture(scope="module")
+def tables() -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(42)
+    return {
+        t.name: torch.randn(t.num_embeddings, t.embedding_dim, generator=gen) for t in SPEC.tables
+    }
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory, tables: dict[str, torch.Tensor]) -> Path:
+    path = tmp_path_factory.mktemp("dcp") / "checkpoint"
+    save_checkpoint(path, tables)
+    return path
+
+
+def test_safetensors_serves_the_files_rows(tmp_path: Path, tables: dict[str, torch.Tensor]) -> None:
+    save_file(tables, str(tmp_path / "w.safetensors"))
+    s = with_weights(SPEC, safetensors=tmp_path / "w.safetensors")
+    reqs = requests(s, 50, seed=7)
+    with ShardedEngine(s, threads_per_rank=1) as engine:
+        assert_exact(s, tables, reqs, engine.forward(reqs))
+
+
+def test_dcp_from_a_row_wise_training_plan_serves_the_same_rows(
+    checkpoint: Path, tables: dict[str, torch.Tensor]
+) -> None:
+    s = with_weights(SPEC, dcp=checkpoint)
+    assert all(torch.equal(weights.full_tables(s)[n], t) for n, t in tables.items())
+    reqs = requests(s, 50, seed=8)
+    with ShardedEngine(s, threads_per_rank=1) as engine:
+        assert_exact(s, tables, reqs, engine.forward(reqs))
+
+
+def test_demo_model_writes_seeded_weights_equal_to_the_random_init(tmp_path: Path) -> None:
+    path = write_model(tmp_path, RAW)
+    loaded = load_spec(path)
+    assert loaded.weights is not None and loaded.weights.safetensors is not None
+    from_file = weights.full_tables(loaded)
+    seeded = weights.full_tables(SPEC)
+    assert all(torch.equal(from_file[n], seeded[n]) for n in seeded)
+
+
+def test_wrong_shape_and_missing_table_are_clear_errors(
+    tmp_path: Path, tables: dict[str, torch.Tensor], checkpoint: Path
+) -> None:
+    save_file(
+        {"products": tables["products"][:, :8].contiguous(), "cats": tables["cats"]},
+        str(tmp_path / "shape.safetensors"),
+    )
+    save_file({"products": tables["products"]}, str(tmp_path / "missing.safetensors"))
+    cases = [
+        (
+            with_weights(SPEC, safetensors=tmp_path / "shape.safetensors"),
+            "table 'products': tensor shape [777, 8] in shape.safetensors is not "
+            "[num_embeddings, embedding_dim] = [777, 16]",
+        ),
+        (
+            with_weights(SPEC, safetensors=tmp_path / "missing.safetensors"),
+            "table 'cats': no tensor named 'cats' in missing.safetensors",
+        ),
+        (with_weights(SPEC, safetensors=tmp_path / "absent.safetensors"), "does not exist"),
+        (
+            with_weights(spec(2, 16, [("products", 778, ["a"], [1, 0, 0, 1])]), dcp=checkpoint),
+            "table 'products': checkpoint tensor 'ec.embeddings.products.weight' has shape "
+            "[777, 16], not [num_embeddings, embedding_dim] = [778, 16]",
+        ),
+        (
+            with_weights(spec(2, 16, [("shops", 5, ["a"], [1, 0, 0, 1])]), dcp=checkpoint),
+            "table 'shops': no key ending in 'embeddings.shops.weight' in checkpoint",
+        ),
+        (with_weights(SPEC, dcp=tmp_path), "is not a torch.distributed.checkpoint"),
+    ]
+    for s, message in cases:
+        with pytest.raises(SpecError) as e:
+            ShardedEngine(s).start()  # checked in the driver: no rank is started
+        assert message in str(e.value)
+
+
+def test_a_rank_that_fails_to_start_shows_its_traceback(tmp_path: Path, checkpoint: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in checkpoint.iterdir():
+        data = f.read_bytes()
+        (broken / f.name).write_bytes(data if f.name == ".metadata" else data[: len(data) // 3])
+    with pytest.raises(EngineStartError) as e:
+        ShardedEngine(with_weights(SPEC, dcp=broken), threads_per_rank=1).start()
+    assert "start: rank" in str(e.value) and "Traceback (most recent call last)" in str(e.value)
