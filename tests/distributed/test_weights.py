@@ -30,6 +30,57 @@ RAW = SPEC.model_dump(mode="json", exclude_none=True)
 
 def with_weights(s: ModelSpec, **w: Path) -> ModelSpec:
     return s.model_copy(update={"weights": WeightsSpec(**w)})
+
+
+@pytest.fixture(scope="module")
+def tables() -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(42)
+    return {
+        t.name: torch.randn(t.num_embeddings, t.embedding_dim, generator=gen) for t in SPEC.tables
+    }
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory, tables: dict[str, torch.Tensor]) -> Path:
+    path = tmp_path_factory.mktemp("dcp") / "checkpoint"
+    save_checkpoint(path, tables)
+    return path
+
+
+def test_safetensors_serves_the_files_rows(tmp_path: Path, tables: dict[str, torch.Tensor]) -> None:
+    save_file(tables, str(tmp_path / "w.safetensors"))
+    s = with_weights(SPEC, safetensors=tmp_path / "w.safetensors")
+    reqs = requests(s, 50, seed=7)
+    with ShardedEngine(s, threads_per_rank=1) as engine:
+        assert_exact(s, tables, reqs, engine.forward(reqs))
+
+
+def test_dcp_from_a_row_wise_training_plan_serves_the_same_rows(
+    checkpoint: Path, tables: dict[str, torch.Tensor]
+) -> None:
+    s = with_weights(SPEC, dcp=checkpoint)
+    assert all(torch.equal(weights.full_tables(s)[n], t) for n, t in tables.items())
+    reqs = requests(s, 50, seed=8)
+    with ShardedEngine(s, threads_per_rank=1) as engine:
+        assert_exact(s, tables, reqs, engine.forward(reqs))
+
+
+def test_demo_model_writes_seeded_weights_equal_to_the_random_init(tmp_path: Path) -> None:
+    path = write_model(tmp_path, RAW)
+    loaded = load_spec(path)
+    assert loaded.weights is not None and loaded.weights.safetensors is not None
+    from_file = weights.full_tables(loaded)
+    seeded = weights.full_tables(SPEC)
+    assert all(torch.equal(from_file[n], seeded[n]) for n in seeded)
+
+
+def test_wrong_shape_and_missing_table_are_clear_errors(
+    tmp_path: Path, tables: dict[str, torch.Tensor], checkpoint: Path
+) -> None:
+    save_file(
+        {"products": tables["products"][:, :8].contiguous(), "cats": tables["cats"]},
+        str(tmp_path / "shape.safetensors"),
+    )
     save_file({"products": tables["products"]}, str(tmp_path / "missing.safetensors"))
     cases = [
         (
