@@ -118,7 +118,9 @@ def _serve(spec: ModelSpec, model: torch.nn.Module, device: torch.device, conn: 
             buf = receive_buffer(conn, msg)
             continue
         try:
+            t0 = time.perf_counter()
             outputs = _lookup(model, device, msg)
+            t1 = time.perf_counter()
             rows = tuple(int(v.shape[0]) for v in outputs)
             if sum(rows):
                 assert buf is not None, "the driver sends a buffer before rows are due"
@@ -127,6 +129,6 @@ def _serve(spec: ModelSpec, model: torch.nn.Module, device: torch.device, conn: 
                     torch.cat(outputs, out=dest.view(-1, dim))
                 else:
                     dest.view(-1, dim).copy_(torch.cat(outputs))
-            conn.send(Done(rows))
+            conn.send(Done(rows, t1 - t0, time.perf_counter() - t1))
         except Exception:
             conn.send(Failed(traceback.format_exc()))

@@ -65,6 +65,8 @@ class ShardedEngine:
         self._buffers: list[OutputBuffer] = []
         self._store: dist.TCPStore | None = None
         self._generation = 0
+        # Stage times of the last batch (seconds): what the benchmark's profile reads.
+        self.last_timings: dict[str, float] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -153,14 +155,19 @@ class ShardedEngine:
             parts = [slice(0, len(requests))]
         else:
             parts = collate_lib.slices(requests, self.world)
+        t0 = time.perf_counter()
         batches = [collate_lib.collate(requests[s], self.keys, self.rows) for s in parts]
         with self._lock:
             if not self.ready:
                 raise EngineUnavailable("the rank group is not running")
+            t1 = time.perf_counter()
             rows = self._run(batches)
+        t2 = time.perf_counter()
         answers: list[Answer] = []
         for s, batch, out in zip(parts, batches, rows, strict=False):
             answers.extend(split(batch, out, requests[s]))
+        self.last_timings["collate_s"] = t1 - t0
+        self.last_timings["split_s"] = time.perf_counter() - t2
         return answers
 
     def _run(self, batches: list[Batch]) -> list[dict[str, np.ndarray]]:
@@ -177,7 +184,9 @@ class ShardedEngine:
                 # Every rank joins every collective; an idle one looks up one empty sequence
                 # per key (TorchRec's output construction rejects a stride of 0).
                 conn.send(idle)
+        t0 = time.perf_counter()
         done = self._collect(Done, self.batch_timeout, "forward")
+        t1 = time.perf_counter()
         outputs = []
         for r, b in enumerate(batches):
             counts = done[r].rows
@@ -187,6 +196,12 @@ class ShardedEngine:
             flat = self._buffers[r].rows(sum(counts), dim).copy()
             edges = np.cumsum((0, *counts))
             outputs.append({k: flat[edges[i] : edges[i + 1]] for i, k in enumerate(b.keys)})
+        self.last_timings = {
+            "ranks_s": t1 - t0,
+            "lookup_s": max(d.lookup_s for d in done),
+            "rank_copy_s": max(d.copy_s for d in done),
+            "copy_out_s": time.perf_counter() - t1,
+        }
         return outputs
 
     def _collect(self, kind: type, timeout: float, what: str) -> list[Any]:

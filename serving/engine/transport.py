@@ -41,6 +41,8 @@ class Ready:
 @dataclass(frozen=True)
 class Done:
     rows: tuple[int, ...]  # rows written per key, in key order
+    lookup_s: float = 0.0  # sharded forward: input dist, fused lookup, output dist, stitch
+    copy_s: float = 0.0  # rows into the shared buffer
 
 
 @dataclass(frozen=True)

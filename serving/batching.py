@@ -1,0 +1,176 @@
+"""Dynamic batching in front of a serial engine (asyncio + stdlib only).
+
+Callers `submit` one item each and await their own result; a single background loop groups
+waiting items into batches and hands each batch to `process`, one batch at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from serving.errors import DeadlineExceeded, EngineUnavailable, QueueFull
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    max_batch_size: int = 64  # items per batch
+    max_batch_ids: int = 65536  # summed cost per batch
+    max_delay_s: float = 0.002  # counted from the first item taken into the batch
+    max_queue: int = 1024  # items waiting, not counting the batch being processed
+    retry_after_s: float = 1.0  # advice given with QueueFull
+
+
+@dataclass
+class _Pending(Generic[T, R]):
+    item: T
+    cost: int
+    deadline: float | None  # absolute time.monotonic()
+    future: asyncio.Future[R]
+
+
+class Batcher(Generic[T, R]):
+    def __init__(
+        self,
+        process: Callable[[list[T]], Awaitable[list[R]]],
+        settings: BatchSettings | None = None,
+        on_batch: Callable[[int, int], None] | None = None,
+    ):
+        self._process = process
+        self._settings = settings or BatchSettings()
+        self._on_batch = on_batch
+        # A deque rather than asyncio.Queue: the loop must peek at the head to decide whether
+        # it still fits the cost budget, and leave it in place for the next batch if not.
+        self._waiting: deque[_Pending[T, R]] = deque()
+        # Items taken off the queue for the current batch; stop(drain=False) answers these too.
+        self._taken: list[_Pending[T, R]] = []
+        self._wakeup = asyncio.Event()
+        self._closed = False
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting)
+
+    def start(self) -> None:
+        if self._task is not None:
+            raise RuntimeError("batcher already started")
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def submit(self, item: T, cost: int, deadline: float | None = None) -> R:
+        if self._closed:
+            raise EngineUnavailable("shutting down")
+        limit = self._settings.max_queue
+        if len(self._waiting) >= limit:
+            raise QueueFull(
+                f"batch queue is full ({limit} waiting)", retry_after=self._settings.retry_after_s
+            )
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Pending(item, cost, deadline, future))
+        self._wakeup.set()
+        # If this task is cancelled, `future` is cancelled with it and the loop skips the item.
+        return await future
+
+    async def stop(self, drain: bool = True) -> None:
+        """Refuse new items; with `drain`, answer every accepted item before returning."""
+        self._closed = True
+        self._wakeup.set()
+        if self._task is not None:
+            if not drain:
+                self._task.cancel()
+            # asyncio.wait, not await: a cancelled loop task must not cancel the caller.
+            await asyncio.wait([self._task])
+        # Anything still unanswered was never (or only partly) processed.
+        for pending in [*self._taken, *self._waiting]:
+            if not pending.future.done():
+                pending.future.set_exception(EngineUnavailable("shutting down"))
+        self._waiting.clear()
+        self._taken = []
+
+    async def _run(self) -> None:
+        while not (self._closed and not self._waiting):
+            batch = await self._collect()
+            if batch:
+                await self._run_batch(batch)
+
+    async def _wait_for_item(self, timeout: float | None) -> bool:
+        """Sleep until an item arrives or stop() is called; False on timeout."""
+        self._wakeup.clear()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._wakeup.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def _wanted(self, pending: _Pending[T, R]) -> bool:
+        if pending.future.done():  # the caller was cancelled; nobody reads the result
+            return False
+        if pending.deadline is not None and time.monotonic() >= pending.deadline:
+            pending.future.set_exception(DeadlineExceeded("request waited past its deadline"))
+            return False
+        return True
+
+    async def _collect(self) -> list[_Pending[T, R]]:
+        """Take the next batch off the queue; may be empty if every item taken was dropped."""
+        settings = self._settings
+        loop = asyncio.get_running_loop()
+        batch: list[_Pending[T, R]] = []
+        self._taken = batch
+        cost = 0
+        close_at = 0.0
+        while len(batch) < settings.max_batch_size and cost < settings.max_batch_ids:
+            if not self._waiting:
+                if self._closed:  # nothing more can arrive, so waiting longer gains nothing
+                    break
+                timeout = close_at - loop.time() if batch else None
+                if timeout is not None and timeout <= 0:
+                    break
+                if not await self._wait_for_item(timeout):
+                    break
+                continue
+            head = self._waiting[0]
+            if batch and cost + head.cost > settings.max_batch_ids:
+                break  # head opens the next batch (an empty batch takes even an oversized head)
+            self._waiting.popleft()
+            if not self._wanted(head):
+                continue
+            if not batch:
+                close_at = loop.time() + settings.max_delay_s
+            batch.append(head)
+            cost += head.cost
+        # Items may have been cancelled or expired while the batch was held open.
+        return [p for p in batch if self._wanted(p)]
+
+    async def _run_batch(self, batch: list[_Pending[T, R]]) -> None:
+        try:
+            results = await self._process([p.item for p in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(
+                    f"process returned {len(results)} results for a batch of {len(batch)} items"
+                )
+        except Exception as exc:
+            # One failing batch must not stop the loop: its callers get the error, later
+            # batches still run.
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
+        else:
+            for pending, result in zip(batch, results, strict=True):
+                if not pending.future.done():
+                    pending.future.set_result(result)
+        if self._on_batch is not None:
+            try:
+                self._on_batch(len(batch), sum(p.cost for p in batch))
+            except Exception:  # a metrics bug must not take serving down
+                log.exception("on_batch callback failed")
