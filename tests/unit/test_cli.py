@@ -1,0 +1,29 @@
+"""The seqserve command: demo-model, --help, bad flags and bad specs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from serving.cli import main
+from serving.config import load_spec
+
+
+def seqserve(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "serving.cli", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_demo_model_writes_a_loadable_model(tmp_path: Path) -> None:
+    assert main(["demo-model", str(tmp_path / "m")]) == 0
+    spec = load_spec(tmp_path / "m" / "model.yaml")
+    assert spec.name == "demo" and spec.sharding.world_size == 2
+    assert (tmp_path / "m" / "weights.safetensors").stat().st_size > 100_000 * 64 * 4
+
+
+def test_help_and_a_bad_flag() -> None:
+    assert "demo-model" in seqserve("--help").stdout
+    bad = seqserve("--no-such-flag")
+    assert bad.returncode != 0 and "unrecognized arguments" in bad.stderr
