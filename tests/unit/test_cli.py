@@ -25,5 +25,5 @@ def test_demo_model_writes_a_loadable_model(tmp_path: Path) -> None:
 
 def test_help_and_a_bad_flag() -> None:
     assert "demo-model" in seqserve("--help").stdout
-    bad = seqserve("--no-such-flag")
+    bad = seqserve("demo-model", "x", "--no-such-flag")
     assert bad.returncode != 0 and "unrecognized arguments" in bad.stderr
