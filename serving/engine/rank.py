@@ -10,6 +10,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -45,7 +46,13 @@ def main(args: RankArgs, conn: Connection) -> None:
     except BaseException:
         conn.send(Failed(traceback.format_exc()))
         return
-    conn.send(Ready({"rank": args.rank, "pid": os.getpid(), "device": str(device)}))
+    info = {
+        "rank": args.rank,
+        "pid": os.getpid(),
+        "device": str(device),
+        "peak_rss_kib": _peak_kib(),
+    }
+    conn.send(Ready(info))
     try:
         _serve(args.spec, model, device, conn)
     except (EOFError, BrokenPipeError):
@@ -53,6 +60,15 @@ def main(args: RankArgs, conn: Connection) -> None:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _peak_kib() -> int:
+    # VmHWM belongs to this address space, so it starts afresh at exec; ru_maxrss does not,
+    # and would report the spawning parent's peak as this rank's.
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
 
 
 def _watch_parent(parent_pid: int) -> None:

@@ -67,6 +67,7 @@ class ShardedEngine:
         self._generation = 0
         # Stage times of the last batch (seconds): what the benchmark's profile reads.
         self.last_timings: dict[str, float] = {}
+        self.rank_info: list[dict[str, object]] = []  # what each rank reported when ready
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -114,7 +115,7 @@ class ShardedEngine:
             self._conns.append(parent)
             self._buffers.append(OutputBuffer(r))
         try:
-            self._collect(Ready, self.start_timeout, "start")
+            self.rank_info = [r.info for r in self._collect(Ready, self.start_timeout, "start")]
         except EngineUnavailable as e:
             self._stop_ranks()
             raise EngineStartError(str(e)) from None

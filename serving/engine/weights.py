@@ -6,9 +6,12 @@ whole tables. Shapes and names are checked in the driver before any rank starts.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from tqdm import tqdm
@@ -78,14 +81,39 @@ def load(spec: ModelSpec, model: torch.nn.Module, rank: int) -> None:
 
 
 def _load_safetensors(shards: list[LocalShard], path: Path, bar: tqdm) -> None:
-    with safe_open(str(path), framework="pt") as f:
-        for s in shards:
-            sl = f.get_slice(s.table)
-            (r0, r1), (c0, c1) = s.rows, s.cols
+    # Not safe_open: it memory-maps the file, and a column slice of a row-major tensor touches
+    # every page, so the whole file would count in this rank's memory. Instead read row chunks
+    # into one reused buffer and keep only this rank's columns.
+    header, data_start = _safetensors_header(path)
+    by_table: dict[str, list[LocalShard]] = {}
+    for s in shards:
+        by_table.setdefault(s.table, []).append(s)
+    with open(path, "rb", buffering=0) as f:
+        for table, mine in by_table.items():
+            rows, dim = header[table]["shape"]
+            begin = data_start + header[table]["data_offsets"][0]
+            chunk = np.empty((min(CHUNK_ROWS, rows), dim), dtype="<f4")
+            r0, r1 = min(s.rows[0] for s in mine), max(s.rows[1] for s in mine)
             for a in range(r0, r1, CHUNK_ROWS):
                 b = min(a + CHUNK_ROWS, r1)
-                s.tensor[a - r0 : b - r0].copy_(sl[a:b, c0:c1])
-                bar.update((b - a) * (c1 - c0) * 4)
+                f.seek(begin + a * dim * 4)
+                view = chunk[: b - a]
+                if f.readinto(view.data.cast("B")) != view.nbytes:
+                    raise SpecError(f"table '{table}': {path.name} is shorter than its header says")
+                rows_t = torch.from_numpy(view)
+                for s in mine:
+                    lo, hi = max(a, s.rows[0]), min(b, s.rows[1])
+                    if lo < hi:
+                        (c0, c1), base = s.cols, s.rows[0]
+                        s.tensor[lo - base : hi - base].copy_(rows_t[lo - a : hi - a, c0:c1])
+                        bar.update((hi - lo) * (c1 - c0) * 4)
+
+
+def _safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
+    """The documented layout: u64 little-endian header size, JSON header, then the data."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        return json.loads(f.read(size)), 8 + size
 
 
 def _load_random(spec: ModelSpec, shards: list[LocalShard], bar: tqdm) -> None:
