@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from serving.errors import SeqServeError
+from serving.settings import add_flags
 
 
 def _demo_model(args: argparse.Namespace) -> None:
@@ -14,6 +15,17 @@ def _demo_model(args: argparse.Namespace) -> None:
 
     path = write_model(Path(args.dir))
     print(f"wrote {path} and {path.parent / 'weights.safetensors'}")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from serving.config import load_spec
+    from serving.demo import demo_spec
+    from serving.server import serve
+    from serving.settings import from_args
+
+    settings = from_args(args)
+    spec = load_spec(args.model) if args.model else demo_spec()
+    return serve(spec, settings)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,17 +36,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo-model", help="write DIR/model.yaml and seeded safetensors weights")
     demo.add_argument("dir", help="folder to write into (created if missing)")
     demo.set_defaults(run=_demo_model)
+    serve = sub.add_parser(
+        "serve", help="serve a model (the built-in demo by default) over HTTP with FastAPI"
+    )
+    add_flags(serve)
+    serve.set_defaults(run=_serve)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        args.run(args)
-    except SeqServeError as e:
+        return int(args.run(args) or 0)
+    except (SeqServeError, ValueError) as e:
         print(f"seqserve: error: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":

@@ -65,6 +65,7 @@ class ShardedEngine:
         self._buffers: list[OutputBuffer] = []
         self._store: dist.TCPStore | None = None
         self._generation = 0
+        self._serving = False
         # Stage times of the last batch (seconds): what the benchmark's profile reads.
         self.last_timings: dict[str, float] = {}
         self.rank_info: list[dict[str, object]] = []  # what each rank reported when ready
@@ -73,7 +74,8 @@ class ShardedEngine:
 
     @property
     def ready(self) -> bool:
-        return bool(self._procs) and all(p.is_alive() for p in self._procs)
+        """Every rank has reported warm and is still alive."""
+        return self._serving and all(p.is_alive() for p in self._procs)
 
     @property
     def pids(self) -> list[int]:
@@ -116,6 +118,7 @@ class ShardedEngine:
             self._buffers.append(OutputBuffer(r))
         try:
             self.rank_info = [r.info for r in self._collect(Ready, self.start_timeout, "start")]
+            self._serving = True
         except EngineUnavailable as e:
             self._stop_ranks()
             raise EngineStartError(str(e)) from None
@@ -125,6 +128,7 @@ class ShardedEngine:
             self._stop_ranks()
 
     def _stop_ranks(self) -> None:
+        self._serving = False
         for conn in self._conns:
             with contextlib.suppress(OSError):
                 conn.send(Stop())

@@ -1,0 +1,49 @@
+"""Prometheus metrics of one server, in a registry of its own (tests run several apps)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+IDS_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536, 262144)
+
+
+class Metrics:
+    def __init__(self, queue_depth: Callable[[], float], ranks_ready: Callable[[], float]):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "seqserve_requests",
+            "HTTP requests by route and status",
+            ["route", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "seqserve_request_seconds",
+            "HTTP request latency",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "seqserve_batch_sequences",
+            "sequences per engine batch",
+            buckets=SIZE_BUCKETS,
+            registry=r,
+        )
+        self.batch_ids = Histogram(
+            "seqserve_batch_ids", "ids per engine batch", buckets=IDS_BUCKETS, registry=r
+        )
+        Gauge("seqserve_queue_depth", "sequences waiting for a batch", registry=r).set_function(
+            queue_depth
+        )
+        Gauge("seqserve_ranks_ready", "rank processes up and warm", registry=r).set_function(
+            ranks_ready
+        )
+
+    def on_batch(self, sequences: int, ids: int) -> None:
+        self.batch_size.observe(sequences)
+        self.batch_ids.observe(ids)

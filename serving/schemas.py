@@ -1,0 +1,80 @@
+"""Request and response shapes for the OpenAPI document.
+
+Bodies are decoded and validated by `serving.codec` (fast, and the same for JSON and msgpack);
+these schemas tell /docs and schema-driven clients what the contract is. They are written
+inline, without $ref, so every schema stands alone inside the OpenAPI document.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+IDS = {"type": "array", "items": {"type": "integer", "minimum": 0}}
+FEATURES = {
+    "type": "object",
+    "required": ["features"],
+    "additionalProperties": False,
+    "properties": {"features": {"type": "object", "additionalProperties": IDS}},
+    "example": {"features": {"item_id": [3, 17, 17], "category_id": [5]}},
+}
+INSTANCES = {
+    "type": "object",
+    "required": ["instances"],
+    "additionalProperties": False,
+    "properties": {"instances": {"type": "array", "minItems": 1, "items": FEATURES}},
+}
+ROWS = {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}
+EMBEDDINGS = {
+    "type": "object",
+    "required": ["embeddings"],
+    "properties": {"embeddings": {"type": "object", "additionalProperties": ROWS}},
+}
+PREDICTIONS = {
+    "type": "object",
+    "required": ["predictions"],
+    "properties": {"predictions": {"type": "array", "items": EMBEDDINGS}},
+}
+ERROR = {
+    "type": "object",
+    "required": ["code", "type", "message"],
+    "properties": {
+        "code": {"type": "integer"},
+        "type": {"type": "string"},
+        "message": {"type": "string"},
+    },
+}
+ERRORS = {
+    400: "malformed body, wrong types, unknown feature, id out of range",
+    404: "unknown model",
+    413: "body, ids or instances over the limit",
+    415: "content type other than JSON or msgpack",
+    503: "not ready, or the queue is full (Retry-After)",
+    504: "the request waited past its deadline",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {
+        c: {"description": ERRORS[c], "content": {"application/json": {"schema": ERROR}}}
+        for c in codes
+    }
+
+
+def predict_openapi() -> dict[str, Any]:
+    body = {"oneOf": [FEATURES, INSTANCES]}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": body}, "application/msgpack": {}},
+        },
+        "responses": {
+            "200": {
+                "description": "rows per feature, one per id, in request order",
+                "content": {
+                    "application/json": {"schema": {"oneOf": [EMBEDDINGS, PREDICTIONS]}},
+                    "application/msgpack": {},
+                },
+            },
+            **error_responses(*ERRORS),
+        },
+    }

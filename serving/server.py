@@ -1,0 +1,65 @@
+"""Run the FastAPI front under uvicorn: the `seqserve serve` command's body."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import uvicorn
+
+from serving.app import create_app
+from serving.config import ModelSpec
+from serving.engine import weights
+from serving.engine.sharded import ShardedEngine
+from serving.settings import ServerSettings
+
+log = logging.getLogger("seqserve")
+
+
+def example_body(spec: ModelSpec) -> dict[str, object]:
+    rows = spec.table_of()
+    demo = {"item_id": [3, 17, 17], "category_id": [5]}
+    if all(f in rows for f in demo):
+        return {"features": demo}
+    first = spec.features[0]
+    return {"features": {first: [0, rows[first].num_embeddings - 1]}}
+
+
+def banner(spec: ModelSpec, settings: ServerSettings) -> str:
+    url = f"http://{settings.host}:{settings.port}"
+    body = json.dumps(example_body(spec))
+    return (
+        f"seqserve: model '{spec.name}' ready on {url} "
+        f"({spec.sharding.world_size} ranks)\n"
+        f"  curl -s -X POST {url}/predictions/{spec.name} "
+        f"-H 'Content-Type: application/json' -d '{body}'\n"
+        f"  health {url}/ping   spec {url}/models/{spec.name}   metrics {url}/metrics   "
+        f"docs {url}/docs"
+    )
+
+
+def serve(spec: ModelSpec, settings: ServerSettings) -> int:
+    weights.check(spec)  # a bad weights file fails here, in one line, before any rank starts
+    if settings.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("binding %s: the server is reachable from other hosts", settings.host)
+    engine = ShardedEngine(spec, dispatch=settings.dispatch)  # type: ignore[arg-type]
+    exit_code = 0
+
+    def on_ready() -> None:
+        print(banner(spec, settings), flush=True)
+
+    def on_fatal(error: BaseException) -> None:
+        nonlocal exit_code
+        exit_code = 1
+        print(f"seqserve: error: {error}", file=sys.stderr, flush=True)
+        server.should_exit = True
+
+    app = create_app(settings, engine, on_ready=on_ready, on_fatal=on_fatal)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, access_log=False, log_level="warning"
+    )
+    server = uvicorn.Server(config)
+    print(f"seqserve: starting {spec.sharding.world_size} ranks for '{spec.name}' ...", flush=True)
+    server.run()
+    return exit_code
