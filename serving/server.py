@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 
 import uvicorn
@@ -60,6 +61,11 @@ def serve(spec: ModelSpec, settings: ServerSettings) -> int:
         app, host=settings.host, port=settings.port, access_log=False, log_level="warning"
     )
     server = uvicorn.Server(config)
+    # Uvicorn handles SIGTERM/SIGINT itself (stop accepting, finish in-flight, lifespan
+    # shutdown) and then re-raises the signal for whoever handled it before. Our handler makes
+    # that a no-op, so a graceful stop exits 0 instead of dying by the signal.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     print(f"seqserve: starting {spec.sharding.world_size} ranks for '{spec.name}' ...", flush=True)
     server.run()
     return exit_code

@@ -1,0 +1,60 @@
+"""SIGTERM with requests in flight: every one is answered, exit 0, no rank process left."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.distributed.test_lifecycle import alive
+from tests.http.server import Server, same_bits
+
+pytestmark = pytest.mark.slow
+
+
+def test_sigterm_answers_what_is_in_flight_then_exits_clean(model_path: Path) -> None:
+    # Batches wait 1.5 s for company, so the requests are still queued when SIGTERM lands.
+    s = Server(model_path, "--max-delay-ms", "1500")
+    try:
+        s.wait_ready()
+        ranks = [int(line.split()[0]) for line in _children(s.proc.pid)]
+        assert len(ranks) >= 2
+
+        def post(i: int) -> httpx.Response:
+            with httpx.Client(base_url=s.url, timeout=30) as c:
+                return c.post("/predictions/small", json={"features": {"shop_id": [i, 29 - i]}})
+
+        with ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(post, i) for i in range(8)]
+            time.sleep(0.5)
+            assert not any(f.done() for f in futures), "requests finished before SIGTERM"
+            code = s.terminate()
+            responses = [f.result() for f in futures]
+        assert code == 0, s.output()
+        for i, r in enumerate(responses):
+            assert r.status_code == 200, r.text
+            want = s.rows("shop_id", [i, 29 - i])
+            assert same_bits(np.asarray(r.json()["embeddings"]["shop_id"]), want)
+        deadline = time.monotonic() + 10
+        while any(alive(p) for p in ranks) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(alive(p) for p in ranks)
+    finally:
+        s.close()
+
+
+def _children(pid: int) -> list[str]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and b"spawn_main" in cmdline:
+            out.append(f"{stat.parent.name} {cmdline!r}")
+    return out

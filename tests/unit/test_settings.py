@@ -1,0 +1,33 @@
+"""Flags, then SEQSERVE_* environment, then defaults."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from serving.settings import add_flags, from_args
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_flags(parser)
+    return parser.parse_args(argv)
+
+
+def test_defaults_bind_loopback() -> None:
+    s = from_args(parse())
+    assert (s.host, s.port) == ("127.0.0.1", 8080)
+    assert s.batch.max_batch_size == 64 and s.batch.max_delay_s == 0.002
+
+
+def test_environment_then_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SEQSERVE_MAX_BATCH_SIZE", "7")
+    monkeypatch.setenv("SEQSERVE_PORT", "9000")
+    s = from_args(parse("--port", "9100", "--max-delay-ms", "5"))
+    assert s.batch.max_batch_size == 7 and s.port == 9100 and s.batch.max_delay_s == 0.005
+
+
+def test_a_bad_dispatch_is_refused() -> None:
+    with pytest.raises(ValueError, match="--dispatch must be split or one"):
+        from_args(parse("--dispatch", "all"))
