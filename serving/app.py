@@ -49,7 +49,7 @@ STATUS: dict[type[SeqServeError], int] = {
 }
 HTTP_NAMES = {404: "NotFound", 405: "MethodNotAllowed", 400: "InvalidInput"}
 
-Request_ = dict[str, np.ndarray]
+Ids = dict[str, np.ndarray]
 Answer = dict[str, np.ndarray]
 
 
@@ -67,7 +67,7 @@ class Engine(Protocol):
 
     def start(self) -> None: ...
 
-    def forward(self, requests: Sequence[Request_]) -> list[Answer]: ...
+    def forward(self, requests: Sequence[Ids]) -> list[Answer]: ...
 
     def close(self) -> None: ...
 
@@ -100,11 +100,11 @@ def create_app(
 ) -> FastAPI:
     spec = engine.spec
 
-    async def process(batch: list[Request_]) -> list[Answer]:
+    async def process(batch: list[Ids]) -> list[Answer]:
         return await asyncio.to_thread(engine.forward, batch)
 
     metrics = Metrics(queue_depth=lambda: batcher.queue_depth, ranks_ready=lambda: _ranks_ready())
-    batcher: Batcher[Request_, Answer] = Batcher(process, settings.batch, on_batch=metrics.on_batch)
+    batcher: Batcher[Ids, Answer] = Batcher(process, settings.batch, on_batch=metrics.on_batch)
 
     def _ranks_ready() -> float:
         return float(spec.sharding.world_size if engine.ready else 0)
@@ -234,7 +234,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 async def submit_all(
-    batcher: Batcher[Request_, Answer], requests: list[Request_], deadline: float
+    batcher: Batcher[Ids, Answer], requests: list[Ids], deadline: float
 ) -> list[Answer]:
     tasks = [
         asyncio.ensure_future(batcher.submit(r, sum(len(v) for v in r.values()), deadline))

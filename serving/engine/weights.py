@@ -64,13 +64,13 @@ def _check_safetensors(spec: ModelSpec, path: Path) -> None:
 
 def load(spec: ModelSpec, model: torch.nn.Module, rank: int) -> None:
     """Fill this rank's shards of `model` (collective for DCP: every rank calls it)."""
-    shards = list(local_shards(spec, model))
     w = spec.weights
     if w is not None and w.dcp is not None:
         from serving.engine import dcp
 
         dcp.load(spec, model, w.dcp)
         return
+    shards = list(local_shards(spec, model))
     total = sum(s.tensor.numel() * 4 for s in shards)
     bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"rank {rank} weights", disable=None)
     with bar, torch.no_grad():
