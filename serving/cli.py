@@ -20,11 +20,12 @@ def _demo_model(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from serving.config import load_spec
     from serving.demo import demo_spec
+    from serving.engine.sharded import gpu_count
     from serving.server import serve
     from serving.settings import from_args
 
     settings = from_args(args)
-    spec = load_spec(args.model) if args.model else demo_spec()
+    spec = load_spec(args.model) if args.model else demo_spec(gpu_count())
     return serve(spec, settings)
 
 

@@ -38,8 +38,25 @@ DEMO: dict[str, Any] = {
 }
 
 
-def demo_spec() -> ModelSpec:
-    return parse_spec(DEMO, source="built-in demo")
+def demo_spec(gpus: int = 0) -> ModelSpec:
+    """The demo on 2 CPU ranks, or column-wise over every GPU when there are any."""
+    if gpus <= 0:
+        return parse_spec(DEMO, source="built-in demo")
+    # 16 shards of width 4 fit any GPU count up to 16; deal them round-robin, the second
+    # table in the opposite direction, so every GPU holds columns of both.
+    world = min(gpus, 16)
+    forward = [k % world for k in range(16)]
+    raw = {
+        **DEMO,
+        "sharding": {
+            "world_size": world,
+            "tables": {
+                "items": {"column_wise": forward},
+                "categories": {"column_wise": [world - 1 - r for r in forward]},
+            },
+        },
+    }
+    return parse_spec(raw, source="built-in demo")
 
 
 def write_model(directory: Path, raw: dict[str, Any] | None = None) -> Path:

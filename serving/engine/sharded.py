@@ -36,6 +36,10 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def gpu_count() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 class ShardedEngine:
     """A column-wise sharded EmbeddingCollection served by `world_size` rank processes."""
 

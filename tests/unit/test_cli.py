@@ -27,3 +27,15 @@ def test_help_and_a_bad_flag() -> None:
     assert "demo-model" in seqserve("--help").stdout
     bad = seqserve("demo-model", "x", "--no-such-flag")
     assert bad.returncode != 0 and "unrecognized arguments" in bad.stderr
+
+
+def test_the_demo_uses_every_gpu_when_there_are_some() -> None:
+    from serving.demo import demo_spec
+
+    assert demo_spec().sharding.world_size == 2
+    for gpus in (1, 3, 8, 20):
+        spec = demo_spec(gpus)
+        world = min(gpus, 16)
+        assert spec.sharding.world_size == world
+        ranks = {s.rank for s in spec.plan()["items"].shards}
+        assert ranks == set(range(world))
