@@ -20,15 +20,11 @@ from serving import codec
 from serving.batching import Batcher
 from serving.config import ModelSpec
 from serving.errors import (
-    DeadlineExceeded,
-    EngineStartError,
     EngineUnavailable,
-    InvalidInput,
     PayloadTooLarge,
-    QueueFull,
     SeqServeError,
     UnknownModel,
-    UnsupportedMediaType,
+    http_status,
 )
 from serving.metrics import Metrics
 from serving.schemas import error_responses, predict_openapi
@@ -36,17 +32,6 @@ from serving.settings import ServerSettings
 
 log = logging.getLogger("seqserve")
 
-# The one place where error kinds become HTTP statuses for this front.
-STATUS: dict[type[SeqServeError], int] = {
-    InvalidInput: 400,
-    UnknownModel: 404,
-    PayloadTooLarge: 413,
-    UnsupportedMediaType: 415,
-    QueueFull: 503,
-    EngineUnavailable: 503,
-    EngineStartError: 503,
-    DeadlineExceeded: 504,
-}
 HTTP_NAMES = {404: "NotFound", 405: "MethodNotAllowed", 400: "InvalidInput"}
 
 Ids = dict[str, np.ndarray]
@@ -70,13 +55,6 @@ class Engine(Protocol):
     def forward(self, requests: Sequence[Ids]) -> list[Answer]: ...
 
     def close(self) -> None: ...
-
-
-def status_of(error: SeqServeError) -> int:
-    for kind in type(error).__mro__:
-        if kind in STATUS:
-            return STATUS[kind]
-    return 500
 
 
 def error_response(
@@ -137,7 +115,7 @@ def create_app(
 
     @app.exception_handler(SeqServeError)
     async def _seqserve_error(request: Request, exc: SeqServeError) -> Response:
-        status = status_of(exc)
+        status = http_status(exc)
         retry = settings.batch.retry_after_s if status == 503 else None
         return error_response(status, type(exc).__name__, str(exc), retry)
 

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from serving.config import ModelSpec
 from serving.errors import SeqServeError
 from serving.settings import add_flags
 
@@ -29,6 +30,52 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(spec, settings)
 
 
+def _spec(args: argparse.Namespace) -> ModelSpec:
+    from serving.config import load_spec
+    from serving.demo import demo_spec
+
+    return load_spec(args.model) if args.model else demo_spec()
+
+
+def _archive(args: argparse.Namespace) -> None:
+    from serving.torchserve import archive
+
+    mar = archive(
+        _spec(args),
+        Path(args.export_path),
+        batch_size=args.batch_size,
+        max_batch_delay_ms=args.max_batch_delay_ms,
+    )
+    print(f"wrote {mar}")
+
+
+def _torchserve(args: argparse.Namespace) -> int:
+    from serving.torchserve import run
+
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    return run(
+        _spec(args),
+        workdir,
+        port=args.port,
+        management_port=args.management_port,
+        metrics_port=args.metrics_port,
+        batch_size=args.batch_size,
+        max_batch_delay_ms=args.max_batch_delay_ms,
+    )
+
+
+def _batching_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, help="model.yaml (default: the built-in demo)")
+    p.add_argument("--batch-size", type=int, default=32, help="TorchServe batchSize (default 32)")
+    p.add_argument(
+        "--max-batch-delay-ms",
+        type=int,
+        default=5,
+        help="TorchServe maxBatchDelay in ms (default 5)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="seqserve", description="Serve column-wise sharded TorchRec sequence embeddings."
@@ -42,6 +89,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_flags(serve)
     serve.set_defaults(run=_serve)
+    arch = sub.add_parser("archive", help="build a TorchServe .mar of the handler and a model")
+    _batching_flags(arch)
+    arch.add_argument("--export-path", default="model_store", help="folder for the .mar")
+    arch.set_defaults(run=_archive)
+    ts = sub.add_parser("torchserve", help="archive a model and serve it with TorchServe (Java 17)")
+    _batching_flags(ts)
+    ts.add_argument("--port", type=int, default=8080, help="inference port (default 8080)")
+    ts.add_argument("--management-port", type=int, default=8081)
+    ts.add_argument("--metrics-port", type=int, default=8082)
+    ts.add_argument(
+        "--workdir",
+        default="model_store/run",
+        help="archive, config, key file and logs go here (default model_store/run)",
+    )
+    ts.set_defaults(run=_torchserve)
     return parser
 
 

@@ -50,3 +50,24 @@ class QueueFull(SeqServeError):
 
 class DeadlineExceeded(SeqServeError):
     """A request waited past its deadline; it was not computed."""
+
+
+# The HTTP status of each kind, the same for both fronts (FastAPI and the TorchServe handler):
+# they honour one contract.
+HTTP_STATUS: dict[type[SeqServeError], int] = {
+    InvalidInput: 400,
+    UnknownModel: 404,
+    PayloadTooLarge: 413,
+    UnsupportedMediaType: 415,
+    QueueFull: 503,
+    EngineUnavailable: 503,
+    EngineStartError: 503,
+    DeadlineExceeded: 504,
+}
+
+
+def http_status(error: SeqServeError) -> int:
+    for kind in type(error).__mro__:
+        if kind in HTTP_STATUS:
+            return HTTP_STATUS[kind]
+    return 500

@@ -12,16 +12,15 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
-from torchrec import KeyedJaggedTensor
 
 from serving.config import ModelSpec
 from serving.engine import model as model_lib
 from serving.engine import weights
+from serving.engine.lookup import lookup, warm_up
 from serving.engine.quiet import quiet_torch_logs
-from serving.engine.transport import Done, Failed, Forward, NewBuffer, Ready, Stop, receive_buffer
+from serving.engine.transport import Done, Failed, NewBuffer, Ready, Stop, receive_buffer
 
 
 @dataclass(frozen=True)
@@ -42,7 +41,7 @@ def main(args: RankArgs, conn: Connection) -> None:
     _watch_parent(args.parent_pid)
     try:
         model, device = _start(args)
-        _warm_up(args.spec, model, device)
+        warm_up(args.spec, model, device)
     except BaseException:
         conn.send(Failed(traceback.format_exc()))
         return
@@ -100,27 +99,6 @@ def _start(args: RankArgs) -> tuple[torch.nn.Module, torch.device]:
     return model, device
 
 
-def _lookup(model: torch.nn.Module, device: torch.device, msg: Forward) -> list[torch.Tensor]:
-    kjt = KeyedJaggedTensor(
-        keys=list(msg.keys),
-        values=torch.from_numpy(msg.values),
-        lengths=torch.from_numpy(msg.lengths),
-    ).to(device)
-    with torch.no_grad():
-        out = model(kjt)
-        jts = out.wait() if hasattr(out, "wait") else out
-        return [jts[k].values() for k in msg.keys]
-
-
-def _warm_up(spec: ModelSpec, model: torch.nn.Module, device: torch.device) -> None:
-    # Every rank runs the same collective sequence; the first forward builds TorchRec's
-    # input-dist state, so it is paid here rather than by the first request.
-    keys = tuple(spec.features)
-    rows = spec.table_of()
-    values = np.concatenate([np.array([0, rows[k].num_embeddings - 1]) for k in keys])
-    _lookup(model, device, Forward(keys, np.full(len(keys), 2, np.int32), values))
-
-
 def _serve(spec: ModelSpec, model: torch.nn.Module, device: torch.device, conn: Connection) -> None:
     dim = spec.embedding_dim
     buf: mmap.mmap | None = None
@@ -135,7 +113,7 @@ def _serve(spec: ModelSpec, model: torch.nn.Module, device: torch.device, conn: 
             continue
         try:
             t0 = time.perf_counter()
-            outputs = _lookup(model, device, msg)
+            outputs = lookup(model, device, msg.keys, msg.lengths, msg.values)
             t1 = time.perf_counter()
             rows = tuple(int(v.shape[0]) for v in outputs)
             if sum(rows):

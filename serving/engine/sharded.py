@@ -1,16 +1,21 @@
-"""The driver: starts the rank group, dispatches batches to it and collects the rows."""
+"""The driver: starts the rank group, dispatches batches to it and collects the rows.
+
+A supervisor thread watches the group. When a rank dies, fails, or misses `batch_timeout`,
+the batch in flight gets EngineUnavailable at once, the whole group is killed, and a fresh
+generation is started in the background with exponential back-off between failed attempts.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import multiprocessing as mp
+import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
-from multiprocessing.connection import Connection, wait
-from multiprocessing.process import BaseProcess
-from typing import Any, Literal
+from multiprocessing.connection import wait
+from typing import Literal
 
 import numpy as np
 import torch
@@ -21,13 +26,18 @@ from serving.collate import Batch, Request
 from serving.config import ModelSpec
 from serving.engine import rank as rank_lib
 from serving.engine import weights
-from serving.engine.transport import Done, Failed, Forward, OutputBuffer, Ready, Stop
+from serving.engine.lookup import idle_batch
+from serving.engine.supervisor import Backoff, GroupFailed, RankGroup, RestartAttempt
+from serving.engine.transport import Done, Forward, Ready
 from serving.errors import EngineStartError, EngineUnavailable
 from serving.split import split
+
+log = logging.getLogger("seqserve")
 
 # "split": each rank gets a contiguous slice of the requests and returns their full rows.
 # "one": rank 0 gets the whole batch, the others an empty one; only rank 0 returns rows.
 Dispatch = Literal["split", "one"]
+State = Literal["stopped", "serving", "restarting"]
 
 Answer = dict[str, np.ndarray]
 
@@ -41,7 +51,13 @@ def gpu_count() -> int:
 
 
 class ShardedEngine:
-    """A column-wise sharded EmbeddingCollection served by `world_size` rank processes."""
+    """A column-wise sharded EmbeddingCollection served by `world_size` rank processes.
+
+    Restarts: the first attempt after a failure is immediate; each failed attempt doubles the
+    wait before the next, from `restart_backoff` up to `restart_backoff_max` seconds. A group
+    that dies again soon after a restart keeps the grown delay (no tight crash loop); one that
+    served for `restart_backoff_max` seconds starts the count afresh.
+    """
 
     def __init__(
         self,
@@ -52,6 +68,8 @@ class ShardedEngine:
         threads_per_rank: int | None = None,
         start_timeout: float = 600.0,
         batch_timeout: float = 60.0,
+        restart_backoff: float = 0.5,
+        restart_backoff_max: float = 30.0,
     ):
         self.spec = spec
         self.dispatch = dispatch
@@ -61,15 +79,27 @@ class ShardedEngine:
         self.threads = threads_per_rank or max(1, cpus // self.world)
         self.start_timeout = start_timeout
         self.batch_timeout = batch_timeout
+        self.restart_backoff_max = restart_backoff_max
         self.keys = tuple(spec.features)
         self.rows = {f: t.num_embeddings for f, t in spec.table_of().items()}
+        # Held while a batch runs and while the group is swapped, never while one starts, so
+        # forward() answers at once during a restart.
         self._lock = threading.Lock()
-        self._procs: list[BaseProcess] = []
-        self._conns: list[Connection] = []
-        self._buffers: list[OutputBuffer] = []
+        self._state: State = "stopped"
+        self._group: RankGroup | None = None
         self._store: dist.TCPStore | None = None
         self._generation = 0
-        self._serving = False
+        self._backoff = Backoff(restart_backoff, restart_backoff_max)
+        self._supervisor: threading.Thread | None = None
+        self._closing = threading.Event()
+        # Written once by close(): wakes the supervisor out of any wait on processes or pipes.
+        self._wake_r, self._wake_w = -1, -1
+        # Every group that may still have processes, so close() leaves none behind.
+        self._groups: set[RankGroup] = set()
+        self._groups_lock = threading.Lock()
+        self.last_failure: str | None = None
+        self.restarts = 0  # groups brought back by the supervisor
+        self.restart_attempts: deque[RestartAttempt] = deque(maxlen=100)
         # Stage times of the last batch (seconds): what the benchmark's profile reads.
         self.last_timings: dict[str, float] = {}
         self.rank_info: list[dict[str, object]] = []  # what each rank reported when ready
@@ -79,13 +109,16 @@ class ShardedEngine:
     @property
     def ready(self) -> bool:
         """Every rank has reported warm and is still alive."""
-        return self._serving and all(p.is_alive() for p in self._procs)
+        group = self._group
+        return self._state == "serving" and group is not None and group.alive()
 
     @property
     def pids(self) -> list[int]:
-        return [p.pid for p in self._procs if p.pid is not None]
+        group = self._group
+        return group.pids if group is not None else []
 
     def start(self) -> None:
+        """Start the group; a rank that fails here raises EngineStartError (no retry)."""
         weights.check(self.spec)
         if self.device == "cuda" and torch.cuda.device_count() < self.world:
             raise EngineStartError(
@@ -93,59 +126,45 @@ class ShardedEngine:
                 f"{torch.cuda.device_count()} found"
             )
         with self._lock:
-            self._spawn()
-
-    def _spawn(self) -> None:
-        ctx = mp.get_context("spawn")
-        if self._store is None:
-            # The driver hosts the rendezvous store: port 0 lets the OS pick, so no race.
-            self._store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
-        self._generation += 1
-        for r in range(self.world):
-            parent, child = ctx.Pipe(duplex=True)
-            args = rank_lib.RankArgs(
-                rank=r,
-                spec=self.spec,
-                store_port=self._store.port,
-                store_prefix=f"group{self._generation}",
-                device=self.device,
-                threads=self.threads,
-                parent_pid=os.getpid(),
-            )
-            proc = ctx.Process(
-                target=rank_lib.main, args=(args, child), name=f"seqserve-rank{r}", daemon=True
-            )
-            proc.start()
-            child.close()
-            self._procs.append(proc)
-            self._conns.append(parent)
-            self._buffers.append(OutputBuffer(r))
-        try:
-            self.rank_info = [r.info for r in self._collect(Ready, self.start_timeout, "start")]
-            self._serving = True
-        except EngineUnavailable as e:
-            self._stop_ranks()
-            raise EngineStartError(str(e)) from None
+            if self._state != "stopped":
+                raise EngineStartError("the engine is already started")
+            try:
+                group = self._launch()
+            except GroupFailed as e:
+                raise EngineStartError(str(e)) from None
+            self._closing.clear()
+            self._wake_r, self._wake_w = os.pipe()
+            self._backoff.reset()
+            self._install(group)
+        self._supervisor = threading.Thread(
+            target=self._supervise, name="seqserve-supervisor", daemon=True
+        )
+        self._supervisor.start()
 
     def close(self) -> None:
-        with self._lock:
-            self._stop_ranks()
-
-    def _stop_ranks(self) -> None:
-        self._serving = False
-        for conn in self._conns:
+        """Stop the supervisor and every rank, also in the middle of a restart."""
+        self._closing.set()
+        if self._wake_w >= 0:
             with contextlib.suppress(OSError):
-                conn.send(Stop())
-        for p in self._procs:
-            p.join(timeout=5)
-            if p.is_alive():
-                p.kill()
-                p.join()
-        for conn in self._conns:
-            conn.close()
-        for b in self._buffers:
-            b.close()
-        self._procs, self._conns, self._buffers = [], [], []
+                os.write(self._wake_w, b"x")
+        supervisor, self._supervisor = self._supervisor, None
+        if supervisor is not None and supervisor is not threading.current_thread():
+            supervisor.join(timeout=60)
+        with self._lock:
+            self._state = "stopped"
+            group, self._group = self._group, None
+            if group is not None:
+                group.stop()
+                self._forget(group)
+        with self._groups_lock:
+            leftovers, self._groups = list(self._groups), set()
+        for g in leftovers:
+            g.kill()
+        if supervisor is None or not supervisor.is_alive():
+            for fd in (self._wake_r, self._wake_w):
+                if fd >= 0:
+                    os.close(fd)
+            self._wake_r, self._wake_w = -1, -1
 
     def __enter__(self) -> ShardedEngine:
         self.start()
@@ -154,12 +173,129 @@ class ShardedEngine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _launch(self, interrupt: int | None = None) -> RankGroup:
+        """A new generation, every rank warm; GroupFailed (and nothing left running) if not."""
+        if self._store is None:
+            # The driver hosts the rendezvous store: port 0 lets the OS pick, so no race.
+            self._store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+        store_port = self._store.port
+        self._generation += 1
+        group = RankGroup(self._generation)
+        with self._groups_lock:
+            self._groups.add(group)
+
+        def make_args(r: int) -> rank_lib.RankArgs:
+            return rank_lib.RankArgs(
+                rank=r,
+                spec=self.spec,
+                store_port=store_port,
+                # A fresh prefix per generation: keys left by a killed group are never read.
+                store_prefix=f"group{group.generation}",
+                device=self.device,
+                threads=self.threads,
+                parent_pid=os.getpid(),
+            )
+
+        try:
+            group.spawn(make_args, self.world)
+            replies = group.collect(Ready, self.start_timeout, "start", interrupt)
+        except BaseException:
+            group.kill()
+            self._forget(group)
+            raise
+        group.info = [r.info for r in replies]
+        group.up_since = time.monotonic()
+        return group
+
+    def _install(self, group: RankGroup) -> None:
+        self._group = group
+        self.rank_info = group.info
+        self._state = "serving"
+
+    def _forget(self, group: RankGroup) -> None:
+        with self._groups_lock:
+            self._groups.discard(group)
+
+    def _take_down(self, group: RankGroup, reason: str) -> None:
+        """Kill a failed group and hand the restart to the supervisor. Holds self._lock."""
+        if self._group is group:
+            self._group = None
+            self._state = "restarting"
+            self.last_failure = reason
+            log.warning("rank group %d failed, restarting it: %s", group.generation, reason)
+        group.kill()  # its sentinels fire: that is what wakes the supervisor
+        self._forget(group)
+
+    # -- supervision -----------------------------------------------------------------------
+
+    def _supervise(self) -> None:
+        while not self._closing.is_set():
+            try:
+                if self._watch():
+                    self._restart()
+            except Exception:  # a supervisor that dies would leave the engine down for good
+                log.exception("the rank group supervisor failed; carrying on")
+                self._closing.wait(self._backoff.initial)
+
+    def _watch(self) -> bool:
+        """Wait until the serving group fails (True: restart it) or close() is called."""
+        with self._lock:
+            group, state = self._group, self._state
+        if state == "restarting":
+            return True  # taken down by forward() before we looked
+        if state != "serving" or group is None:
+            wait([self._wake_r])  # nothing to watch until close()
+            return False
+        wait([self._wake_r, *group.sentinels])
+        if self._closing.is_set():
+            return False
+        with self._lock:
+            if self._group is group and self._state == "serving":
+                if group.alive():
+                    return False
+                dead = ", ".join(f"rank {r} exit code {c}" for r, c in group.dead_ranks())
+                self._take_down(group, f"while idle: {dead}")
+        if time.monotonic() - group.up_since >= self.restart_backoff_max:
+            self._backoff.reset()  # it served long enough: not a crash loop
+        return True
+
+    def _restart(self) -> None:
+        while not self._closing.is_set():
+            delay = self._backoff.next()
+            if delay and self._closing.wait(delay):
+                return
+            started = time.monotonic()
+            try:
+                group = self._launch(interrupt=self._wake_r)
+            except Exception as e:  # GroupFailed, or the spawn itself: try again later
+                self.restart_attempts.append(
+                    RestartAttempt(delay, started, time.monotonic(), str(e))
+                )
+                if not self._closing.is_set():
+                    log.warning(
+                        "restarting the rank group failed; next try in %gs: %s",
+                        self._backoff.delay,
+                        e,
+                    )
+                continue
+            with self._lock:
+                if self._closing.is_set():
+                    group.kill()
+                    self._forget(group)
+                    return
+                self._install(group)
+                self.restarts += 1
+            self.restart_attempts.append(RestartAttempt(delay, started, time.monotonic(), None))
+            log.warning("rank group %d is serving again", group.generation)
+            return
+
     # -- serving ---------------------------------------------------------------------------
 
     def forward(self, requests: Sequence[Request]) -> list[Answer]:
         """Rows for each request: {feature: float32 [n_ids, dim]} for every feature it names."""
         if not requests:
             return []
+        self._check_serving()  # before collating: a restart answers at once
         if self.dispatch == "one":
             parts = [slice(0, len(requests))]
         else:
@@ -167,10 +303,20 @@ class ShardedEngine:
         t0 = time.perf_counter()
         batches = [collate_lib.collate(requests[s], self.keys, self.rows) for s in parts]
         with self._lock:
-            if not self.ready:
-                raise EngineUnavailable("the rank group is not running")
+            self._check_serving()
+            group = self._group
+            assert group is not None
+            if not group.alive():
+                dead = ", ".join(f"rank {r} exit code {c}" for r, c in group.dead_ranks())
+                self._take_down(group, dead)
+                raise EngineUnavailable(f"the rank group lost a rank ({dead}); restarting it")
             t1 = time.perf_counter()
-            rows = self._run(batches)
+            try:
+                rows = self._run(group, batches)
+            except GroupFailed as e:
+                # A group that lost a rank or a reply cannot run another collective.
+                self._take_down(group, str(e))
+                raise EngineUnavailable(f"{e}; restarting the rank group") from None
         t2 = time.perf_counter()
         answers: list[Answer] = []
         for s, batch, out in zip(parts, batches, rows, strict=False):
@@ -179,22 +325,32 @@ class ShardedEngine:
         self.last_timings["split_s"] = time.perf_counter() - t2
         return answers
 
-    def _run(self, batches: list[Batch]) -> list[dict[str, np.ndarray]]:
+    def _check_serving(self) -> None:
+        if self._state == "restarting":
+            first = (self.last_failure or "").split("\n", 1)[0]
+            raise EngineUnavailable(f"restarting the rank group after a failure ({first})")
+        if self._state != "serving":
+            raise EngineUnavailable("the rank group is not running")
+
+    def _run(self, group: RankGroup, batches: list[Batch]) -> list[dict[str, np.ndarray]]:
         dim = self.spec.embedding_dim
-        idle = Forward(self.keys, np.zeros(len(self.keys), np.int32), np.zeros(0, np.int64))
-        for r, conn in enumerate(self._conns):
-            if r < len(batches):
-                b = batches[r]
-                pid = self._procs[r].pid
-                assert pid is not None
-                self._buffers[r].ensure(b.values.size * dim * 4, conn, pid)
-                conn.send(Forward(b.keys, b.lengths, b.values))
-            else:
-                # Every rank joins every collective; an idle one looks up one empty sequence
-                # per key (TorchRec's output construction rejects a stride of 0).
-                conn.send(idle)
+        idle = Forward(self.keys, *idle_batch(self.keys))
+        for r, conn in enumerate(group.conns):
+            try:
+                if r < len(batches):
+                    b = batches[r]
+                    pid = group.procs[r].pid
+                    assert pid is not None
+                    group.buffers[r].ensure(b.values.size * dim * 4, conn, pid)
+                    conn.send(Forward(b.keys, b.lengths, b.values))
+                else:
+                    # Every rank joins every collective; an idle one looks up one empty
+                    # sequence per key (TorchRec's output construction rejects a stride of 0).
+                    conn.send(idle)
+            except OSError as e:  # the rank died since the liveness check
+                raise GroupFailed(f"forward: cannot reach rank {r}: {e}") from None
         t0 = time.perf_counter()
-        done = self._collect(Done, self.batch_timeout, "forward")
+        done = group.collect(Done, self.batch_timeout, "forward")
         t1 = time.perf_counter()
         outputs = []
         for r, b in enumerate(batches):
@@ -202,7 +358,7 @@ class ShardedEngine:
             if counts != tuple(int(n) for n in b.ids_per_key()):
                 raise EngineUnavailable(f"rank {r} returned {counts} rows per key")
             # One copy out of the shared buffer: the next batch overwrites it.
-            flat = self._buffers[r].rows(sum(counts), dim).copy()
+            flat = group.buffers[r].rows(sum(counts), dim).copy()
             edges = np.cumsum((0, *counts))
             outputs.append({k: flat[edges[i] : edges[i + 1]] for i, k in enumerate(b.keys)})
         self.last_timings = {
@@ -212,48 +368,3 @@ class ShardedEngine:
             "copy_out_s": time.perf_counter() - t1,
         }
         return outputs
-
-    def _collect(self, kind: type, timeout: float, what: str) -> list[Any]:
-        """One reply of `kind` from every rank, or EngineUnavailable naming the rank and why."""
-        replies: dict[int, object] = {}
-        deadline = _Deadline(timeout)
-        while len(replies) < self.world:
-            waiting = [r for r in range(self.world) if r not in replies]
-            handles: list[Any] = [self._conns[r] for r in waiting]
-            handles += [self._procs[r].sentinel for r in waiting]
-            if not wait(handles, timeout=deadline.left()):
-                raise self._fail(f"{what}: no reply from ranks {waiting} in {timeout:.0f}s")
-            for r in waiting:
-                # Read a rank's last message before looking at its exit: a rank that fails
-                # sends its traceback and then exits, and the traceback is what matters.
-                if self._conns[r].poll():
-                    replies[r] = self._receive(r, kind, what)
-                elif not self._procs[r].is_alive():
-                    self._procs[r].join(timeout=1)
-                    code = self._procs[r].exitcode
-                    raise self._fail(f"{what}: rank {r} exited with code {code}")
-        return [replies[r] for r in range(self.world)]
-
-    def _receive(self, r: int, kind: type, what: str) -> object:
-        try:
-            msg = self._conns[r].recv()
-        except EOFError:
-            raise self._fail(f"{what}: rank {r} closed its pipe") from None
-        if isinstance(msg, Failed):
-            raise self._fail(f"{what}: rank {r} failed:\n{msg.traceback}")
-        if not isinstance(msg, kind):
-            raise self._fail(f"{what}: rank {r} sent {type(msg).__name__}, not {kind.__name__}")
-        return msg
-
-    def _fail(self, message: str) -> EngineUnavailable:
-        # A group that lost a rank or a reply cannot run another collective: stop all of it.
-        self._stop_ranks()
-        return EngineUnavailable(message)
-
-
-class _Deadline:
-    def __init__(self, seconds: float):
-        self._end = time.monotonic() + seconds
-
-    def left(self) -> float:
-        return max(0.0, self._end - time.monotonic())
