@@ -175,12 +175,10 @@ def inference_key(key_file: Path) -> str:
 
 def _healthy(url: str, key_file: Path) -> bool:
     """TorchServe's token authorization covers /ping too, so the probe sends the key."""
-    if not key_file.is_file():
-        return False
-    request = urllib.request.Request(
-        url + "/ping", headers={"Authorization": f"Bearer {inference_key(key_file)}"}
-    )
-    try:
+    try:  # the key file may not exist yet, or be half written
+        request = urllib.request.Request(
+            url + "/ping", headers={"Authorization": f"Bearer {inference_key(key_file)}"}
+        )
         with urllib.request.urlopen(request, timeout=2) as r:
             return bool(r.status == 200 and json.load(r).get("status") == "Healthy")
     except (OSError, ValueError, KeyError):

@@ -103,7 +103,7 @@ class Server:
         raise TimeoutError(f"not ready in {timeout}s: {self.output()}")
 
     def rows(self, feature: str, ids: list[int]) -> np.ndarray:
-        return self.weights[FEATURE_TABLE[feature]][np.asarray(ids, dtype=np.int64)]
+        return rows_of(self.weights, feature, ids)
 
     def metric(self, name: str) -> float:
         for line in self.client.get("/metrics").text.splitlines():
@@ -126,6 +126,10 @@ class Server:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+def rows_of(weights: dict[str, np.ndarray], feature: str, ids: list[int]) -> np.ndarray:
+    return weights[FEATURE_TABLE[feature]][np.asarray(ids, dtype=np.int64)]
 
 
 def write_small_model(directory: Path) -> Path:
