@@ -1,7 +1,8 @@
-"""HTTP load on the FastAPI front: req/s and latency percentiles per concurrency, JSON and msgpack.
+"""HTTP load on the fronts: req/s and latency percentiles per concurrency, JSON and msgpack.
 
-Without --url it starts `seqserve serve` (the built-in demo) on a free port and stops it at the
-end. Every request names every feature of the model with Poisson(--ids) ids; bodies come from a
+Without --url it starts the built-in demo on each of --fronts (`seqserve serve`, and
+`seqserve torchserve` with its bearer key) on free ports and stops them at the end. Every
+request names every feature of the model with Poisson(--ids) ids; bodies come from a
 pre-encoded, seeded pool so the client loop only sends bytes.
 
 Client: N threads, each with its own synchronous httpx.Client (HTTP/1.1 keep-alive, one
@@ -24,6 +25,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -46,24 +48,46 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server() -> tuple[subprocess.Popen, str]:
+def start_server(front: str, workdir: Path) -> tuple[subprocess.Popen, str, dict[str, str]]:
+    """Start the demo on `front` on free ports; returns the process, its url, auth headers."""
     port = free_port()
     cmd = [sys.executable, "-m", "serving.cli", "serve", "--port", str(port)]
+    if front == "torchserve":
+        cmd = [
+            sys.executable,
+            "-m",
+            "serving.cli",
+            "torchserve",
+            "--port",
+            str(port),
+            "--management-port",
+            str(free_port()),
+            "--metrics-port",
+            str(free_port()),
+            "--workdir",
+            str(workdir / "torchserve"),
+        ]
     # The server's banner goes to our stderr so stdout carries only the table.
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=sys.stderr)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=sys.stderr, stderr=sys.stderr)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
+    key_file = workdir / "torchserve" / "key_file.json"
+    deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"server exited with {proc.returncode} before it was ready")
+            raise SystemExit(f"{front} exited with {proc.returncode} before it was ready")
         try:
-            if httpx.get(url + "/ping", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass  # not listening yet
+            # TorchServe keeps token authorization on: every call, /ping too, needs the key.
+            headers = {}
+            if front == "torchserve":
+                key = json.loads(key_file.read_text())["inference"]["key"]
+                headers = {"Authorization": f"Bearer {key}"}
+            if httpx.get(url + "/ping", headers=headers, timeout=1).status_code == 200:
+                return proc, url, headers
+        except (httpx.TransportError, OSError, ValueError, KeyError):
+            pass  # not listening yet, or the key file is not written yet
         time.sleep(0.25)
     stop_server(proc)
-    raise SystemExit("server not ready after 180 s")
+    raise SystemExit(f"{front} not ready after 240 s")
 
 
 def stop_server(proc: subprocess.Popen) -> None:
@@ -75,10 +99,17 @@ def stop_server(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-def make_pool(url: str, model: str, mean_ids: float) -> tuple[dict[str, list[bytes]], list[int]]:
-    # Ask the server for its features and table sizes, so --url works for any model.
+def feature_rows(url: str | None, model: str) -> dict[str, int]:
+    """Features and table sizes: from a running FastAPI front, or the built-in demo."""
+    if url is None:
+        from serving.demo import demo_spec
+
+        return {f: t.num_embeddings for f, t in demo_spec().table_of().items()}
     spec = httpx.get(f"{url}/models/{model}", timeout=10).raise_for_status().json()
-    rows = {f: t["num_embeddings"] for t in spec["tables"] for f in t["features"]}
+    return {f: t["num_embeddings"] for t in spec["tables"] for f in t["features"]}
+
+
+def make_pool(rows: dict[str, int], mean_ids: float) -> tuple[dict[str, list[bytes]], list[int]]:
     rng = np.random.default_rng(0)
     bodies: dict[str, list[bytes]] = {"json": [], "msgpack": []}
     ids_per_body = []
@@ -95,9 +126,10 @@ def make_pool(url: str, model: str, mean_ids: float) -> tuple[dict[str, list[byt
     return bodies, ids_per_body
 
 
-def check(target: str, fmt: str, body: bytes, ids: int) -> None:
+def check(target: str, fmt: str, body: bytes, ids: int, auth: dict[str, str]) -> None:
     """One request per format before timing: a 200 in the wrong shape would count as success."""
-    r = httpx.post(target, content=body, headers=HEADERS[fmt], timeout=60).raise_for_status()
+    headers = {**HEADERS[fmt], **auth}
+    r = httpx.post(target, content=body, headers=headers, timeout=60).raise_for_status()
     got = msgpack.unpackb(r.content) if fmt == "msgpack" else r.json()
     rows = [e["shape"][0] if fmt == "msgpack" else len(e) for e in got["embeddings"].values()]
     if sum(rows) != ids:
@@ -126,17 +158,18 @@ def run_threads(target, bodies, headers, workers, end):
     return results
 
 
-def run_level(target, fmt, bodies, ids_per_body, workers, warmup, duration):
+def run_level(target, fmt, bodies, ids_per_body, workers, warmup, duration, auth):
     start = time.perf_counter() + warmup
     end = start + duration
     cpu0 = time.process_time()
-    everything = run_threads(target, bodies, HEADERS[fmt], workers, end)
+    everything = run_threads(target, bodies, {**HEADERS[fmt], **auth}, workers, end)
     cpu = time.process_time() - cpu0  # warm-up included, so divide by every request sent
     # Warm-up excluded: a request counts if it started inside the measured window.
     results = [r for r in everything if r[0] >= start]
     ok = np.array([r[1] for r in results if r[2] == 200]) * 1000
     errors = collections.Counter(str(r[2]) for r in results if r[2] != 200)
     return {
+        "front": "",
         "format": fmt,
         "concurrency": workers,
         "requests": len(results),
@@ -154,14 +187,15 @@ def table(rows: list[dict]) -> str:
         return "-" if v is None else f"{v:.2f}"
 
     lines = [
-        "| format | concurrency | requests | req/s | ids/s | p50 ms | p99 ms | errors |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| front | format | concurrency | requests | req/s | ids/s | p50 ms | p99 ms | errors |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in rows:
         errors = ", ".join(f"{k}: {v}" for k, v in sorted(r["errors"].items())) or "0"
         lines.append(
-            f"| {r['format']} | {r['concurrency']} | {r['requests']} | {r['req_s']:.1f} "
-            f"| {r['ids_s']:.0f} | {ms(r['p50_ms'])} | {ms(r['p99_ms'])} | {errors} |"
+            f"| {r['front']} | {r['format']} | {r['concurrency']} | {r['requests']} "
+            f"| {r['req_s']:.1f} | {r['ids_s']:.0f} | {ms(r['p50_ms'])} | {ms(r['p99_ms'])} "
+            f"| {errors} |"
         )
     return "\n".join(lines)
 
@@ -174,6 +208,11 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=2, help="unmeasured seconds before each")
     ap.add_argument("--formats", default="json,msgpack", help="comma-separated: json, msgpack")
     ap.add_argument("--model", default="demo", help="model name on the server")
+    ap.add_argument(
+        "--fronts",
+        default="fastapi",
+        help="without --url: fronts to start on the demo, e.g. fastapi,torchserve",
+    )
     ap.add_argument("--ids", type=float, default=20, help="mean ids per feature per request")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/http_load.json")
     args = ap.parse_args()
@@ -182,23 +221,43 @@ def main() -> None:
     if unknown := set(formats) - set(HEADERS):
         ap.error(f"unknown formats {sorted(unknown)}; use json, msgpack")
 
-    proc, url = (None, args.url.rstrip("/")) if args.url else start_server()
-    try:
-        pools, ids_per_body = make_pool(url, args.model, args.ids)
-        target, rows = f"{url}/predictions/{args.model}", []
-        for fmt in formats:
-            check(target, fmt, pools[fmt][0], ids_per_body[0])
-            for n in levels:
-                print(f"{fmt} concurrency {n} ...", file=sys.stderr, flush=True)
-                row = run_level(
-                    target, fmt, pools[fmt], ids_per_body, n, args.warmup, args.duration
-                )
-                rows.append(row)
-                cpu = row["client_cpu_ms_per_req"]
-                print(f"  {row['req_s']:.1f} req/s, client cpu {cpu:.2f} ms/req", file=sys.stderr)
-    finally:
-        if proc is not None:
-            stop_server(proc)
+    fronts = args.fronts.split(",")
+    if unknown := set(fronts) - {"fastapi", "torchserve"}:
+        ap.error(f"unknown fronts {sorted(unknown)}; use fastapi, torchserve")
+    servers: dict[str, tuple[subprocess.Popen | None, str, dict[str, str]]] = {}
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="seqserve-load-") as tmp:
+        try:
+            if args.url:
+                servers["url"] = (None, args.url.rstrip("/"), {})
+            else:
+                for front in fronts:
+                    servers[front] = start_server(front, Path(tmp))
+            pools, ids_per_body = make_pool(feature_rows(args.url, args.model), args.ids)
+            for fmt in formats:
+                for n in levels:
+                    # Fronts back to back at each level: drift on a shared box hits all alike.
+                    for front, (_, url, auth) in servers.items():
+                        target = f"{url}/predictions/{args.model}"
+                        check(target, fmt, pools[fmt][0], ids_per_body[0], auth)
+                        print(f"{front} {fmt} concurrency {n} ...", file=sys.stderr, flush=True)
+                        row = run_level(
+                            target,
+                            fmt,
+                            pools[fmt],
+                            ids_per_body,
+                            n,
+                            args.warmup,
+                            args.duration,
+                            auth,
+                        )
+                        row["front"] = front
+                        rows.append(row)
+                        print(f"  {row['req_s']:.1f} req/s", file=sys.stderr, flush=True)
+        finally:
+            for proc, _, _ in servers.values():
+                if proc is not None:
+                    stop_server(proc)
     print(table(rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     doc = {"command": shlex.join(sys.argv), "url": args.url or "(started demo)", "results": rows}
