@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -10,8 +11,9 @@ from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 import numpy as np
-from fastapi import FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -23,6 +25,7 @@ from serving.errors import (
     EngineUnavailable,
     PayloadTooLarge,
     SeqServeError,
+    Unauthorized,
     UnknownModel,
     http_status,
 )
@@ -117,7 +120,10 @@ def create_app(
     async def _seqserve_error(request: Request, exc: SeqServeError) -> Response:
         status = http_status(exc)
         retry = settings.batch.retry_after_s if status == 503 else None
-        return error_response(status, type(exc).__name__, str(exc), retry)
+        response = error_response(status, type(exc).__name__, str(exc), retry)
+        if status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> Response:
@@ -128,8 +134,22 @@ def create_app(
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
         return error_response(400, "InvalidInput", str(exc.errors()))
 
+    bearer = HTTPBearer(auto_error=False, description="the server's --auth-token, if it has one")
+    token = settings.auth_token.encode()
+
+    async def authorized(
+        credentials: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
+    ) -> None:
+        if not token:
+            return
+        given = credentials.credentials.encode() if credentials else b""
+        # compare_digest: the time taken says nothing about how much of the token matched.
+        if not hmac.compare_digest(given, token):
+            raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
+
     @app.post(
         "/predictions/{model}",
+        dependencies=[Depends(authorized)],
         openapi_extra=predict_openapi(),
         response_class=Response,
         summary="Embeddings of the ids of one or several sequences",
@@ -156,7 +176,9 @@ def create_app(
         body = b'{"status":"Healthy"}' if healthy else b'{"status":"Unhealthy"}'
         return Response(body, status_code=200 if healthy else 503, media_type=codec.JSON)
 
-    @app.get("/models/{model}", responses=error_responses(404))
+    @app.get(
+        "/models/{model}", dependencies=[Depends(authorized)], responses=error_responses(401, 404)
+    )
     async def describe(model: str) -> dict[str, Any]:
         if model != spec.name:
             raise UnknownModel(

@@ -36,6 +36,10 @@ class UnsupportedMediaType(SeqServeError):
     """A content type other than JSON or msgpack."""
 
 
+class Unauthorized(SeqServeError):
+    """A bearer token is required and was missing or wrong."""
+
+
 class UnknownModel(SeqServeError):
     """No model of that name is served here."""
 
@@ -56,6 +60,7 @@ class DeadlineExceeded(SeqServeError):
 # they honour one contract.
 HTTP_STATUS: dict[type[SeqServeError], int] = {
     InvalidInput: 400,
+    Unauthorized: 401,
     UnknownModel: 404,
     PayloadTooLarge: 413,
     UnsupportedMediaType: 415,

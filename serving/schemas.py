@@ -45,6 +45,7 @@ ERROR = {
 }
 ERRORS = {
     400: "malformed body, wrong types, unknown feature, id out of range",
+    401: "a bearer token is required (the server has --auth-token) and was missing or wrong",
     404: "unknown model",
     413: "body, ids or instances over the limit",
     415: "content type other than JSON or msgpack",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import signal
 import sys
 
@@ -14,8 +13,6 @@ from serving.config import ModelSpec
 from serving.engine import weights
 from serving.engine.sharded import ShardedEngine
 from serving.settings import ServerSettings
-
-log = logging.getLogger("seqserve")
 
 
 def example_body(spec: ModelSpec) -> dict[str, object]:
@@ -42,9 +39,19 @@ def banner(spec: ModelSpec, settings: ServerSettings) -> str:
 
 def serve(spec: ModelSpec, settings: ServerSettings) -> int:
     weights.check(spec)  # a bad weights file fails here, in one line, before any rank starts
-    if settings.host not in ("127.0.0.1", "localhost", "::1"):
-        log.warning("binding %s: the server is reachable from other hosts", settings.host)
-    engine = ShardedEngine(spec, dispatch=settings.dispatch)  # type: ignore[arg-type]
+    if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.auth_token:
+        print(
+            f"seqserve: warning: binding {settings.host} with no --auth-token: anyone who can "
+            "reach this host can query the model",
+            file=sys.stderr,
+            flush=True,
+        )
+    # A hung rank must be noticed well within a request's deadline, so its callers get a 503.
+    engine = ShardedEngine(
+        spec,
+        dispatch=settings.dispatch,  # type: ignore[arg-type]
+        batch_timeout=min(settings.rank_timeout_s, settings.request_timeout_s),
+    )
     exit_code = 0
 
     def on_ready() -> None:

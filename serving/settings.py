@@ -33,10 +33,12 @@ OPTIONS = [
     Option("max_queue", int, 1024, "sequences waiting for a batch; beyond it, 503 + Retry-After"),
     Option("retry_after_s", float, 1.0, "the Retry-After given with a 503 for a full queue"),
     Option("request_timeout_s", float, 30.0, "deadline of a request; past it, 504"),
+    Option("rank_timeout_s", float, 10.0, "a batch with no reply from a rank this long: restart"),
     Option("max_body_bytes", int, 4 * 1024 * 1024, "request body size limit; beyond it, 413"),
     Option("max_ids_per_request", int, 16384, "ids in one HTTP request; beyond it, 413"),
     Option("max_instances", int, 256, "sequences in one `instances` request; beyond it, 413"),
     Option("dispatch", str, "split", "how a batch reaches the ranks: split (a slice each) or one"),
+    Option("auth_token", str, "", "bearer token required on predictions and metadata (none: open)"),
 ]
 
 
@@ -45,7 +47,9 @@ class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     request_timeout_s: float = 30.0
+    rank_timeout_s: float = 10.0
     dispatch: str = "split"
+    auth_token: str = ""
     limits: Limits = field(default_factory=Limits)
     batch: BatchSettings = field(default_factory=BatchSettings)
 
@@ -75,7 +79,9 @@ def from_args(args: argparse.Namespace) -> ServerSettings:
         host=args.host,
         port=args.port,
         request_timeout_s=args.request_timeout_s,
+        rank_timeout_s=args.rank_timeout_s,
         dispatch=args.dispatch,
+        auth_token=args.auth_token,
         limits=Limits(
             max_body_bytes=args.max_body_bytes,
             max_ids_per_request=args.max_ids_per_request,
