@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 import numpy as np
-from fastapi import Depends, FastAPI, Request, Response
+from fastapi import Depends, FastAPI, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -84,6 +84,10 @@ def create_app(
     async def process(batch: list[Ids]) -> list[Answer]:
         return await asyncio.to_thread(engine.forward, batch)
 
+    # The schema names the one model served, so clients and fuzzers know the valid {model}.
+    model_param = Path(
+        description="the served model's name", json_schema_extra={"enum": [spec.name]}
+    )
     metrics = Metrics(queue_depth=lambda: batcher.queue_depth, ranks_ready=lambda: _ranks_ready())
     batcher: Batcher[Ids, Answer] = Batcher(process, settings.batch, on_batch=metrics.on_batch)
 
@@ -150,11 +154,11 @@ def create_app(
     @app.post(
         "/predictions/{model}",
         dependencies=[Depends(authorized)],
-        openapi_extra=predict_openapi(),
+        openapi_extra=predict_openapi(spec),
         response_class=Response,
         summary="Embeddings of the ids of one or several sequences",
     )
-    async def predict(model: str, request: Request) -> Response:
+    async def predict(request: Request, model: str = model_param) -> Response:
         if model != spec.name:
             raise UnknownModel(
                 f"model '{model}' is not served here; this server serves '{spec.name}'"
@@ -179,7 +183,7 @@ def create_app(
     @app.get(
         "/models/{model}", dependencies=[Depends(authorized)], responses=error_responses(401, 404)
     )
-    async def describe(model: str) -> dict[str, Any]:
+    async def describe(model: str = model_param) -> dict[str, Any]:
         if model != spec.name:
             raise UnknownModel(
                 f"model '{model}' is not served here; this server serves '{spec.name}'"

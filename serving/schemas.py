@@ -9,20 +9,39 @@ from __future__ import annotations
 
 from typing import Any
 
-IDS = {"type": "array", "items": {"type": "integer", "minimum": 0}}
-FEATURES = {
-    "type": "object",
-    "required": ["features"],
-    "additionalProperties": False,
-    "properties": {"features": {"type": "object", "additionalProperties": IDS}},
-    "example": {"features": {"item_id": [3, 17, 17], "category_id": [5]}},
-}
-INSTANCES = {
-    "type": "object",
-    "required": ["instances"],
-    "additionalProperties": False,
-    "properties": {"instances": {"type": "array", "minItems": 1, "items": FEATURES}},
-}
+from serving.config import ModelSpec
+
+
+def ids(rows: int) -> dict[str, Any]:
+    return {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": rows - 1}}
+
+
+def features(spec: ModelSpec) -> dict[str, Any]:
+    """One sequence per feature of this model, ids bounded by its table."""
+    tables = spec.table_of()
+    return {
+        "type": "object",
+        "required": ["features"],
+        "additionalProperties": False,
+        "properties": {
+            "features": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {f: ids(tables[f].num_embeddings) for f in spec.features},
+            }
+        },
+    }
+
+
+def instances(spec: ModelSpec) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["instances"],
+        "additionalProperties": False,
+        "properties": {"instances": {"type": "array", "minItems": 1, "items": features(spec)}},
+    }
+
+
 ROWS = {"type": "array", "items": {"type": "array", "items": {"type": "number"}}}
 EMBEDDINGS = {
     "type": "object",
@@ -61,8 +80,8 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     }
 
 
-def predict_openapi() -> dict[str, Any]:
-    body = {"oneOf": [FEATURES, INSTANCES]}
+def predict_openapi(spec: ModelSpec) -> dict[str, Any]:
+    body = {"oneOf": [features(spec), instances(spec)]}
     return {
         "requestBody": {
             "required": True,
