@@ -356,7 +356,8 @@ class ShardedEngine:
         for r, b in enumerate(batches):
             counts = done[r].rows
             if counts != tuple(int(n) for n in b.ids_per_key()):
-                raise EngineUnavailable(f"rank {r} returned {counts} rows per key")
+                # Out of step with its peers: this group cannot be trusted with another batch.
+                raise GroupFailed(f"forward: rank {r} returned {counts} rows per key")
             # One copy out of the shared buffer: the next batch overwrites it.
             flat = group.buffers[r].rows(sum(counts), dim).copy()
             edges = np.cumsum((0, *counts))
