@@ -14,6 +14,7 @@ import numpy as np
 from fastapi import Depends, FastAPI, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -117,7 +118,10 @@ def create_app(
             await starting
             await asyncio.to_thread(engine.close)
 
-    app = FastAPI(title="seqserve", version="0.1.0", lifespan=lifespan)
+    # Our metrics are Prometheus (/metrics); FastAPI's native OpenTelemetry hooks would look up
+    # providers on every request for nothing.
+    no_otel: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
+    app = FastAPI(title="seqserve", version="0.1.0", lifespan=lifespan, telemetry=no_otel)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     @app.exception_handler(SeqServeError)
@@ -151,14 +155,20 @@ def create_app(
         if not hmac.compare_digest(given, token):
             raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
 
+    # Dependencies cost per request in FastAPI: attach the token check only when there is one.
+    guarded = [Depends(authorized)] if token else []
+
     @app.post(
         "/predictions/{model}",
-        dependencies=[Depends(authorized)],
+        dependencies=guarded,
         openapi_extra=predict_openapi(spec),
         response_class=Response,
         summary="Embeddings of the ids of one or several sequences",
     )
-    async def predict(request: Request, model: str = model_param) -> Response:
+    async def predict(request: Request) -> Response:
+        # The path parameter is read raw (declared for OpenAPI in predict_openapi): FastAPI's
+        # parameter machinery costs more per request than the lookup of a small batch.
+        model = request.path_params["model"]
         if model != spec.name:
             raise UnknownModel(
                 f"model '{model}' is not served here; this server serves '{spec.name}'"
@@ -180,9 +190,7 @@ def create_app(
         body = b'{"status":"Healthy"}' if healthy else b'{"status":"Unhealthy"}'
         return Response(body, status_code=200 if healthy else 503, media_type=codec.JSON)
 
-    @app.get(
-        "/models/{model}", dependencies=[Depends(authorized)], responses=error_responses(401, 404)
-    )
+    @app.get("/models/{model}", dependencies=guarded, responses=error_responses(401, 404))
     async def describe(model: str = model_param) -> dict[str, Any]:
         if model != spec.name:
             raise UnknownModel(

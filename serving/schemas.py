@@ -82,7 +82,9 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 def predict_openapi(spec: ModelSpec) -> dict[str, Any]:
     body = {"oneOf": [features(spec), instances(spec)]}
+    model = {"type": "string", "enum": [spec.name], "description": "the served model's name"}
     return {
+        "parameters": [{"name": "model", "in": "path", "required": True, "schema": model}],
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": body}, "application/msgpack": {}},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import signal
 import sys
@@ -55,6 +56,11 @@ def serve(spec: ModelSpec, settings: ServerSettings) -> int:
     exit_code = 0
 
     def on_ready() -> None:
+        # Everything alive now (torch, FastAPI, the spec...) lives as long as the server: take it
+        # out of the collector's view, or each full collection scans it all and stalls requests
+        # (a p99 of ~210 ms against ~60 ms without, at 32 clients on the demo).
+        gc.collect()
+        gc.freeze()
         print(banner(spec, settings), flush=True)
 
     def on_fatal(error: BaseException) -> None:
