@@ -67,7 +67,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         type=Path,
-        default=os.environ.get("SEQSERVE_MODEL"),
+        default=os.environ.get("SEQSERVE_MODEL") or None,  # empty: the demo, not Path("")
         help="model.yaml to serve (env SEQSERVE_MODEL; default: the built-in demo)",
     )
 
