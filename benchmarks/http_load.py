@@ -5,12 +5,9 @@ Without --url it starts the built-in demo on each of --fronts (`seqserve serve`,
 request names every feature of the model with Poisson(--ids) ids; bodies come from a
 pre-encoded, seeded pool so the client loop only sends bytes.
 
-Client: N threads, each with its own synchronous httpx.Client (HTTP/1.1 keep-alive, one
-connection each). Measured against one-AsyncClient-N-tasks on the demo (msgpack, 3 s levels,
-2-core box): threads cost 0.6-0.9 ms client CPU per request at concurrency 1-32; the async
-client cost 1.2-1.5 ms at 1-8 and ~5 ms at 32, where it capped at ~150-190 req/s while threads
-reached 700-1070. On a small machine the client shares cores with the server, so its CPU cost is
-part of every figure: `client_cpu_ms_per_req` in the JSON says how much.
+The fronts' start and stop (with TorchServe's bearer key) and the threaded client loop live in
+serving.bench.load, shared with `seqserve bench` and benchmarks/soak.py; its docstring says why
+threads. `seqserve bench` is the fuller tool (long-tailed mix, exactness checks, plot).
 
     .venv/bin/python benchmarks/http_load.py [--url http://127.0.0.1:8080] \\
         [--concurrency 1,8,32] [--duration 10] [--warmup 2] [--formats json,msgpack]
@@ -22,11 +19,9 @@ import argparse
 import collections
 import json
 import shlex
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -34,69 +29,9 @@ import httpx
 import msgpack
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+from serving.bench import HEADERS, ROOT, run_threads, start_server, stop_server
+
 POOL_SIZE = 256
-HEADERS = {
-    "json": {"Content-Type": "application/json"},
-    "msgpack": {"Content-Type": "application/msgpack", "Accept": "application/msgpack"},
-}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(front: str, workdir: Path) -> tuple[subprocess.Popen, str, dict[str, str]]:
-    """Start the demo on `front` on free ports; returns the process, its url, auth headers."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "serving.cli", "serve", "--port", str(port)]
-    if front == "torchserve":
-        cmd = [
-            sys.executable,
-            "-m",
-            "serving.cli",
-            "torchserve",
-            "--port",
-            str(port),
-            "--management-port",
-            str(free_port()),
-            "--metrics-port",
-            str(free_port()),
-            "--workdir",
-            str(workdir / "torchserve"),
-        ]
-    # The server's banner goes to our stderr so stdout carries only the table.
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=sys.stderr, stderr=sys.stderr)
-    url = f"http://127.0.0.1:{port}"
-    key_file = workdir / "torchserve" / "key_file.json"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"{front} exited with {proc.returncode} before it was ready")
-        try:
-            # TorchServe keeps token authorization on: every call, /ping too, needs the key.
-            headers = {}
-            if front == "torchserve":
-                key = json.loads(key_file.read_text())["inference"]["key"]
-                headers = {"Authorization": f"Bearer {key}"}
-            if httpx.get(url + "/ping", headers=headers, timeout=1).status_code == 200:
-                return proc, url, headers
-        except (httpx.TransportError, OSError, ValueError, KeyError):
-            pass  # not listening yet, or the key file is not written yet
-        time.sleep(0.25)
-    stop_server(proc)
-    raise SystemExit(f"{front} not ready after 240 s")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def feature_rows(url: str | None, model: str) -> dict[str, int]:
@@ -134,28 +69,6 @@ def check(target: str, fmt: str, body: bytes, ids: int, auth: dict[str, str]) ->
     rows = [e["shape"][0] if fmt == "msgpack" else len(e) for e in got["embeddings"].values()]
     if sum(rows) != ids:
         raise SystemExit(f"{fmt}: {sum(rows)} embedding rows for {ids} ids")
-
-
-def run_threads(target, bodies, headers, workers, end):
-    results = []  # (start, latency, status, body index); list.append is atomic under the GIL
-
-    def worker(k: int) -> None:
-        with httpx.Client(headers=headers, timeout=60) as client:
-            i = k * 7919  # a different walk through the pool per worker
-            while (t0 := time.perf_counter()) < end:
-                i = (i + 1) % len(bodies)
-                try:
-                    status = client.post(target, content=bodies[i]).status_code
-                except httpx.HTTPError as e:
-                    status = type(e).__name__
-                results.append((t0, time.perf_counter() - t0, status, i))
-
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(workers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results
 
 
 def run_level(target, fmt, bodies, ids_per_body, workers, warmup, duration, auth):

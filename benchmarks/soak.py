@@ -25,11 +25,10 @@ import httpx
 import msgpack
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-import http_load  # noqa: E402  (benchmarks/ is not a package)
-
-from serving.demo import demo_spec  # noqa: E402
-from serving.engine import weights  # noqa: E402
+from serving.bench import HEADERS, ROOT, start_server, stop_server
+from serving.bench.check import feature_bits, mismatch
+from serving.demo import demo_spec
+from serving.engine import weights
 
 
 class Stats:
@@ -57,26 +56,6 @@ def make_body(rng, rows: dict[str, int]) -> list[dict[str, list[int]]]:
     return out if n else out[:1]
 
 
-def mismatch(got, want: dict[str, list[int]], bits: dict[str, np.ndarray], packed: bool) -> str:
-    """Why one `embeddings` map differs from the table rows of its ids; '' when exact."""
-    if not isinstance(got, dict) or set(got) != set(want):
-        return f"features {sorted(got) if isinstance(got, dict) else got!r} != {sorted(want)}"
-    for f, ids in want.items():
-        table, e = bits[f], got[f]
-        if packed:
-            if e.get("dtype") != "float32" or len(e["data"]) != 4 * int(np.prod(e["shape"])):
-                return f"{f}: bad packed array {e.get('shape')} {e.get('dtype')}"
-            a = np.frombuffer(e["data"], "<f4").reshape(e["shape"])
-        else:
-            a = np.asarray(e, dtype=np.float32)
-            a = a.reshape(0, table.shape[1]) if a.size == 0 else a
-        if a.shape != (len(ids), table.shape[1]):
-            return f"{f}: shape {a.shape} for {len(ids)} ids"
-        if not np.array_equal(a.view(np.uint32), table[ids]):
-            return f"{f}: rows differ from the table"
-    return ""
-
-
 def worker(k, args, target, rows, bits, end, st: Stats) -> None:
     rng = np.random.default_rng([args.seed, k])
     with httpx.Client(timeout=args.timeout) as client:
@@ -88,7 +67,7 @@ def worker(k, args, target, rows, bits, end, st: Stats) -> None:
                 if len(insts) > 1 or rng.random() < 0.2  # some one-item `instances` too
                 else {"features": insts[0]}
             )
-            head = http_load.HEADERS["msgpack" if packed else "json"]
+            head = HEADERS["msgpack" if packed else "json"]
             body = msgpack.packb(doc) if packed else json.dumps(doc).encode()
             t0 = time.perf_counter()
             try:
@@ -147,20 +126,19 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=60, help="seconds to keep sending")
     ap.add_argument("--timeout", type=float, default=30, help="per-request timeout, seconds")
     ap.add_argument("--seed", type=int, default=0, help="seeds every worker's requests")
-    ap.add_argument("--out", type=Path, default=http_load.ROOT / "benchmarks/results/soak.json")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/soak.json")
     args = ap.parse_args()
 
     spec = demo_spec()
     rows = {f: t.num_embeddings for f, t in spec.table_of().items()}
-    tables = {n: t.numpy().view(np.uint32) for n, t in weights.full_tables(spec).items()}
-    bits = {f: tables[t.name] for f, t in spec.table_of().items()}
+    bits = feature_bits(spec, weights.full_tables(spec))
     proc = None
     with tempfile.TemporaryDirectory(prefix="seqserve-soak-") as tmp:
         try:
             if args.url:
                 url = args.url.rstrip("/")
             else:
-                proc, url, _ = http_load.start_server("fastapi", Path(tmp))
+                proc, url, _ = start_server("fastapi", Path(tmp))
             target = f"{url}/predictions/{args.model}"
             stats = [Stats() for _ in range(args.clients)]
             t0 = time.monotonic()
@@ -189,7 +167,7 @@ def main() -> int:
             elapsed = time.monotonic() - t0
         finally:
             if proc is not None:
-                http_load.stop_server(proc)
+                stop_server(proc)
 
     res = total(stats)
     lat = np.array([x for s in stats for x in s.latency]) * 1000  # answered, any status

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from serving.bench.options import add_flags as bench_flags
 from serving.config import ModelSpec
 from serving.errors import SeqServeError
 from serving.settings import add_flags
@@ -65,6 +66,12 @@ def _torchserve(args: argparse.Namespace) -> int:
     )
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from serving.bench.run import run
+
+    return run(args)
+
+
 def _batching_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, help="model.yaml (default: the built-in demo)")
     p.add_argument("--batch-size", type=int, default=32, help="TorchServe batchSize (default 32)")
@@ -104,6 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="archive, config, key file and logs go here (default model_store/run)",
     )
     ts.set_defaults(run=_torchserve)
+    bench = sub.add_parser(
+        "bench", help="load a server over HTTP: req/s, latency, exact answers, results and plot"
+    )
+    bench_flags(bench)
+    bench.set_defaults(run=_bench)
     return parser
 
 

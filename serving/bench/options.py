@@ -1,0 +1,73 @@
+"""`seqserve bench` flags (argparse only: building the parser imports nothing heavy)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_flags(p: argparse.ArgumentParser) -> None:
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--url", help="a running server, e.g. http://127.0.0.1:8080")
+    target.add_argument(
+        "--compare",
+        metavar="FRONTS",
+        help="start each front on free ports on the same model and measure them back to back: "
+        "fastapi,torchserve (or one of them)",
+    )
+    p.add_argument(
+        "--model",
+        type=Path,
+        help="model.yaml: served with --compare; with --url, the spec whose weights the answers "
+        "are checked against (default: the built-in demo)",
+    )
+    p.add_argument(
+        "--model-name", help="model name in the URL (default: the spec's name, demo by default)"
+    )
+    p.add_argument("--token", help="bearer token for --url (sent as 'Authorization: Bearer')")
+    p.add_argument("--concurrency", default="1,8,32", help="client threads per level (1,8,32)")
+    p.add_argument("--duration", type=float, default=10, help="measured seconds per level (10)")
+    p.add_argument("--warmup", type=float, default=2, help="unmeasured seconds before each (2)")
+    p.add_argument("--formats", default="json,msgpack", help="json, msgpack or both (both)")
+    p.add_argument(
+        "--length-dist",
+        default="lognormal:mean=20,sigma=1",
+        help="ids per feature: lognormal:mean=M,sigma=S or poisson:mean=M, each with an "
+        "optional max=N (default 256); clipped to [0, max] (lognormal:mean=20,sigma=1)",
+    )
+    p.add_argument("--ids", default="uniform", help="ids in a table: uniform or zipf:S (uniform)")
+    p.add_argument(
+        "--subset",
+        type=float,
+        default=0.25,
+        help="fraction of requests naming a random subset of the features, not all (0.25)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seeds the request pool (0)")
+    p.add_argument("--pool", type=int, default=512, help="distinct pre-encoded requests (512)")
+    p.add_argument(
+        "--check-every",
+        type=int,
+        default=50,
+        help="check every Nth answer of each client bit for bit, all in the warm-up (50)",
+    )
+    p.add_argument(
+        "--reference-duration",
+        type=float,
+        default=2,
+        help="seconds for each in-process reference line; 0 skips them (2)",
+    )
+    p.add_argument(
+        "--reference-batch", type=int, default=32, help="requests per reference batch (32)"
+    )
+    p.add_argument(
+        "--reference-threads",
+        type=int,
+        default=1,
+        help="torch threads for the unsharded reference; 0: torch's default, all cores (1)",
+    )
+    p.add_argument("--timeout", type=float, default=60, help="per-request timeout, seconds (60)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="folder for results.json and plot.png (benchmarks/results/bench-<timestamp>)",
+    )

@@ -1,0 +1,164 @@
+"""A run's results: the level metrics, results.json, the markdown table and plot.png."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import platform
+from collections.abc import Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PACKAGES = (
+    "torch", "torchrec", "fbgemm-gpu-cpu", "numpy", "fastapi", "uvicorn", "httpx", "msgpack",
+    "orjson", "torchserve", "matplotlib",
+)  # fmt: skip
+
+
+def level_metrics(
+    results: Sequence[tuple[float, float, int | str, int]],
+    ids_per_body: Sequence[int],
+    start: float,
+    duration: float,
+) -> dict[str, Any]:
+    """Requests that started inside [start, start + duration): rates, latency, errors."""
+    measured = [r for r in results if r[0] >= start]
+    ok = np.array([r[1] for r in measured if r[2] == 200]) * 1000
+
+    def pct(q: float) -> float | None:
+        return float(np.percentile(ok, q)) if len(ok) else None
+
+    errors = collections.Counter(str(r[2]) for r in measured if r[2] != 200)
+    return {
+        "requests": len(measured),
+        "ok": len(ok),
+        "req_s": len(ok) / duration,
+        "ids_s": sum(ids_per_body[r[3]] for r in measured if r[2] == 200) / duration,
+        "p50_ms": pct(50),
+        "p90_ms": pct(90),
+        "p99_ms": pct(99),
+        "errors": dict(sorted(errors.items())),
+    }
+
+
+def environment() -> dict[str, Any]:
+    versions: dict[str, str | None] = {}
+    for p in PACKAGES:
+        try:
+            versions[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            versions[p] = None
+    usable: int | None
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        usable = os.cpu_count()
+    import torch
+
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpus_usable": usable,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "versions": versions,
+    }
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def rate(v: float) -> str:
+    for div, unit in ((1e9, " G"), (1e6, " M"), (1e3, " k")):
+        if v >= div:
+            return f"{v / div:.2f}{unit}"
+    return f"{v:.0f}"
+
+
+def table(rows: Sequence[dict[str, Any]], references: Sequence[dict[str, Any]]) -> str:
+    lines = [
+        "| front | format | clients | req/s | ids/s | p50 ms | p90 ms | p99 ms | errors "
+        "| checked | wrong |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
+    ]
+    for r in rows:
+        errors = ", ".join(f"{k}: {v}" for k, v in r["errors"].items()) or "0"
+        lines.append(
+            f"| {r['front']} | {r['format']} | {r['concurrency']} | {r['req_s']:.1f} "
+            f"| {rate(r['ids_s'])} | {_ms(r['p50_ms'])} | {_ms(r['p90_ms'])} "
+            f"| {_ms(r['p99_ms'])} | {errors} | {r['checked']} | {r['wrong']} |"
+        )
+    if references:
+        lines += ["", "| reference | ids/s | what |", "| --- | ---: | --- |"]
+        lines += [f"| {x['name']} | {rate(x['ids_s'])} | {x['what']} |" for x in references]
+    return "\n".join(lines)
+
+
+def write_json(out: Path, doc: dict[str, Any]) -> Path:
+    path = out / "results.json"
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    return path
+
+
+def plot(out: Path, rows: Sequence[dict[str, Any]], references: Sequence[dict[str, Any]]) -> Path:
+    """plot.png: req/s against p99 per front and format (a line through its concurrency
+    levels), beside a bar chart of ids/s: the reference lines and each line's best level."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lines: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+    for r in rows:
+        lines[f"{r['front']} {r['format']}"].append(r)
+    fig, (ax, bars) = plt.subplots(
+        1, 2, figsize=(13, 5.5), gridspec_kw={"width_ratios": [3, 2]}, layout="constrained"
+    )
+    for label, rs in lines.items():
+        pts = sorted((r for r in rs if r["p99_ms"] is not None), key=lambda r: r["concurrency"])
+        if not pts:
+            continue
+        xs, ys = [r["req_s"] for r in pts], [r["p99_ms"] for r in pts]
+        ax.plot(xs, ys, marker="o", label=label)
+        for r, x, y in zip(pts, xs, ys, strict=True):
+            ax.annotate(
+                f"{r['concurrency']}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8
+            )
+    ax.set_xlabel("throughput (req/s)")
+    ax.set_ylabel("p99 latency (ms)")
+    ax.set_title("HTTP: throughput against p99 (points labelled with clients)")
+    ax.set_xlim(left=0)
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    if lines:
+        ax.legend()
+
+    names = [x["name"] for x in references]
+    values = [x["ids_s"] for x in references]
+    for label, rs in lines.items():
+        names.append(f"{label} (best)")
+        values.append(max(r["ids_s"] for r in rs))
+    y = np.arange(len(names))
+    colors = ["tab:gray"] * len(references) + ["tab:blue"] * (len(names) - len(references))
+    bars.barh(y, [max(v, 1.0) for v in values], color=colors)
+    bars.set_yticks(y, names, fontsize=8)
+    bars.invert_yaxis()
+    bars.set_xscale("log")
+    bars.set_xlabel("ids/s (log)")
+    bars.set_title("ids/s: in-process references (gray), HTTP (blue)")
+    for k, v in enumerate(values):
+        bars.text(max(v, 1.0), k, f" {rate(v)}", va="center", fontsize=8)
+    low = min([*values, 1e12])
+    bars.set_xlim(
+        left=10 ** np.floor(np.log10(max(low, 10.0)) - 1), right=max([*values, 10.0]) * 30
+    )
+    path = out / "plot.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,139 @@
+"""`seqserve bench` end to end: against a real server, and against one that answers wrong."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from serving.bench.check import check_single, feature_bits
+from serving.codec import encode
+from serving.config import load_spec
+from serving.engine.weights import full_tables
+from tests.http.server import ROOT, Server
+
+pytestmark = pytest.mark.slow
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def bench(*flags: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "serving.cli", "bench", *flags],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_a_short_run_against_a_real_server(
+    server: Server, model_path: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    run = bench(
+        "--url", server.url, "--model", str(model_path), "--model-name", "small",
+        "--concurrency", "1,2", "--duration", "1", "--warmup", "0.5",
+        "--formats", "json,msgpack", "--reference-duration", "0.2", "--out", str(out),
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    doc = json.loads((out / "results.json").read_text())
+    assert {"command", "environment", "references", "results", "checked", "wrong"} <= set(doc)
+    assert doc["command"].startswith("seqserve bench --url")
+    env = doc["environment"]
+    assert env["cpu_count"] > 0 and env["versions"]["torch"] and env["versions"]["matplotlib"]
+    assert [x["name"] for x in doc["references"]] == [
+        "unsharded EmbeddingCollection, 1 thread",
+        "index_select, 1 core",
+    ]
+    assert all(x["ids_s"] > 0 for x in doc["references"])
+    rows = doc["results"]
+    assert [(r["format"], r["concurrency"]) for r in rows] == [
+        ("json", 1), ("json", 2), ("msgpack", 1), ("msgpack", 2)
+    ]  # fmt: skip
+    for r in rows:
+        assert r["req_s"] > 0 and r["ids_s"] > 0 and r["ok"] > 0 and r["errors"] == {}
+        assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
+        assert r["checked"] > 0 and r["wrong"] == 0
+    assert doc["wrong"] == 0 and doc["checked"] == sum(r["checked"] for r in rows)
+    png = (out / "plot.png").read_bytes()
+    assert png[:8] == PNG and png[12:16] == b"IHDR" and len(png) > 20_000
+    width, height = struct.unpack(">II", png[16:24])
+    assert width > 800 and height > 400
+    assert "| front | format | clients | req/s |" in run.stdout
+    assert "index_select, 1 core" in run.stdout
+    assert "[bench] url json x2" in run.stderr  # progress lines
+
+
+class ZerosHandler(BaseHTTPRequestHandler):
+    """The contract's JSON shape with every row zero: well formed, and wrong."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive, as the bench client expects
+
+    def do_GET(self) -> None:
+        self.answer(b'{"status": "Healthy"}')
+
+    def do_POST(self) -> None:
+        features = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["features"]
+        rows = {f: [[0.0] * 16 for _ in ids] for f, ids in features.items()}
+        self.answer(json.dumps({"embeddings": rows}).encode())
+
+    def answer(self, body: bytes) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def zeros_server() -> Iterator[str]:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), ZerosHandler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_wrong_answers_fail_the_run(zeros_server: str, model_path: Path, tmp_path: Path) -> None:
+    run = bench(
+        "--url", zeros_server, "--model", str(model_path), "--model-name", "small",
+        "--concurrency", "1", "--duration", "0.5", "--warmup", "0.2", "--formats", "json",
+        "--reference-duration", "0", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert run.returncode == 1, run.stderr[-3000:]
+    doc = json.loads((tmp_path / "results.json").read_text())
+    assert doc["wrong"] > 0 and doc["results"][0]["wrong"] > 0
+    assert doc["results"][0]["errors"] == {}  # all 200s: wrong, not errors
+    assert any("rows differ from the table" in x for x in doc["wrong_examples"])
+    assert "FAIL" in run.stderr and (tmp_path / "plot.png").read_bytes()[:8] == PNG
+
+
+def test_the_checker_takes_exact_answers_and_refuses_a_flipped_bit(model_path: Path) -> None:
+    spec = load_spec(model_path)
+    bits = feature_bits(spec, full_tables(spec))
+    want = {"item_id": np.array([3, 3, 4999]), "shop_id": np.array([], dtype=np.int64)}
+    rows = {f: bits[f][ids].view(np.float32) for f, ids in want.items()}
+    for accept, fmt in ((None, "json"), ("application/msgpack", "msgpack")):
+        body, _ = encode([rows], False, accept)
+        assert check_single(body, fmt, want, bits) == ""
+    flipped = {f: a.copy() for f, a in rows.items()}
+    flipped["item_id"].view(np.uint32)[1, 5] ^= 1  # one ulp in one float
+    body, _ = encode([flipped], False, None)
+    assert "rows differ" in check_single(body, "json", want, bits)
+    assert "unreadable" in check_single(b"{not json", "json", want, bits)
+    assert "features" in check_single(b'{"embeddings": {}}', "json", want, bits)
