@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 
@@ -24,7 +25,11 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model-name", help="model name in the URL (default: the spec's name, demo by default)"
     )
-    p.add_argument("--token", help="bearer token for --url (sent as 'Authorization: Bearer')")
+    p.add_argument(
+        "--token",
+        default=os.environ.get("SEQSERVE_AUTH_TOKEN") or None,
+        help="bearer token for --url (env SEQSERVE_AUTH_TOKEN, the server's own variable)",
+    )
     p.add_argument("--concurrency", default="1,8,32", help="client threads per level (1,8,32)")
     p.add_argument("--duration", type=float, default=10, help="measured seconds per level (10)")
     p.add_argument("--warmup", type=float, default=2, help="unmeasured seconds before each (2)")

@@ -275,8 +275,7 @@ def test_loadgen_holds_benchmarks_under_its_workdir() -> None:
     (bench,) = [d for _, src, d in copies_of(CPU, "loadgen") if src == ["benchmarks/*.py"]]
     assert bench.rstrip("/") == workdir.args + "/benchmarks"
     cmd = s.last("CMD")
-    assert cmd is not None and (ROOT / cmd.exec_form()[1]).is_file()
-    assert any("pip install -c /tmp/constraints.txt httpx" in r for r in run_lines(s))
+    assert cmd is not None and cmd.exec_form()[:2] == ["seqserve", "bench"]
 
 
 def hadolint() -> str | None:
