@@ -123,6 +123,7 @@ def create_app(
     no_otel: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
     app = FastAPI(title="seqserve", version="0.1.0", lifespan=lifespan, telemetry=no_otel)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.state.metrics = metrics
 
     @app.exception_handler(SeqServeError)
     async def _seqserve_error(request: Request, exc: SeqServeError) -> Response:

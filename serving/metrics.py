@@ -47,3 +47,12 @@ class Metrics:
     def on_batch(self, sequences: int, ids: int) -> None:
         self.batch_size.observe(sequences)
         self.batch_ids.observe(ids)
+
+    def answered(self, route: str) -> dict[str, int]:
+        """Requests of `route` answered so far, by status."""
+        out: dict[str, int] = {}
+        for family in self.registry.collect():
+            for sample in family.samples:
+                if sample.name == "seqserve_requests_total" and sample.labels["route"] == route:
+                    out[sample.labels["status"]] = int(sample.value)
+        return out

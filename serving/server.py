@@ -81,4 +81,8 @@ def serve(spec: ModelSpec, settings: ServerSettings) -> int:
         signal.signal(sig, lambda *_: None)
     print(f"seqserve: starting {spec.sharding.world_size} ranks for '{spec.name}' ...", flush=True)
     server.run()
+    # What was answered, for whoever checks that a shutdown lost nothing (and for the logs).
+    answered = app.state.metrics.answered("/predictions/{model}")
+    by_status = " ".join(f"{k}:{v}" for k, v in sorted(answered.items())) or "none"
+    print(f"seqserve: stopped; predictions answered by status: {by_status}", flush=True)
     return exit_code

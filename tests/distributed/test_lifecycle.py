@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.procs import alive
+
 pytestmark = pytest.mark.slow
 
 DRIVER = """
@@ -23,14 +25,6 @@ if __name__ == "__main__":
     print(" ".join(map(str, engine.pids)), flush=True)
     time.sleep(600)
 """
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state != "Z"  # a zombie has exited; only its parent has not reaped it
 
 
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM])

@@ -17,7 +17,7 @@ from serving.engine.sharded import ShardedEngine
 from serving.engine.weights import full_tables
 from serving.errors import EngineUnavailable
 from tests.distributed.plans import requests, spec
-from tests.distributed.test_lifecycle import alive
+from tests.procs import alive, rank_pids
 from tests.reference import assert_exact
 
 pytestmark = pytest.mark.slow
@@ -122,28 +122,14 @@ def test_close_during_a_restart_leaves_no_rank_behind() -> None:
         first = e.pids
         os.kill(first[0], signal.SIGKILL)
         # A rank of the next generation exists: the restart is under way, not yet warm.
-        until(lambda: bool(set(_spawned_children()) - set(first)), 10, "a new rank spawning")
+        until(lambda: bool(set(rank_pids(os.getpid())) - set(first)), 10, "a new rank spawning")
         assert not e.ready
     finally:
         t0 = time.monotonic()
         e.close()
     assert time.monotonic() - t0 < 15
-    children = _spawned_children()
+    children = rank_pids(os.getpid())
     assert not children, f"ranks left running after close(): {children}"
     assert not any(alive(p) for p in first)
     with pytest.raises(EngineUnavailable, match="not running"):
         e.forward(REQS)
-
-
-def _spawned_children() -> list[int]:
-    """This process's live multiprocessing children (the rank processes)."""
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            cmdline = (stat.parent / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(fields[1]) == os.getpid() and fields[0] != "Z" and b"spawn_main" in cmdline:
-            out.append(int(stat.parent.name))
-    return out

@@ -6,32 +6,17 @@ import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.distributed.test_lifecycle import alive
 from tests.http.server import Server, same_bits
+from tests.procs import alive, rank_pids
 
 pytestmark = pytest.mark.slow
 
 REQUEST = {"item_id": [3, 17, 17, 0, 4999], "category_id": [5, 49], "shop_id": [29]}
-
-
-def rank_pids(server: Server) -> list[int]:
-    """The server's live rank processes (its multiprocessing children)."""
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            cmdline = (stat.parent / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(fields[1]) == server.proc.pid and fields[0] != "Z" and b"spawn_main" in cmdline:
-            out.append(int(stat.parent.name))
-    return sorted(out)
 
 
 def assert_exact(server: Server) -> None:
@@ -51,7 +36,7 @@ def ping_until(server: Server, status: int, timeout: float) -> None:
 
 def recovered(server: Server, old: list[int]) -> None:
     server.wait_ready(timeout=60)
-    new = rank_pids(server)
+    new = rank_pids(server.proc.pid)
     assert len(new) == 2 and not set(new) & set(old), (old, new)
     assert not any(alive(p) for p in old), f"ranks {old} of the failed group still run"
     assert_exact(server)
@@ -60,7 +45,7 @@ def recovered(server: Server, old: list[int]) -> None:
 def test_killed_rank_ping_turns_503_then_200_and_answers_are_exact(server: Server) -> None:
     server.wait_ready()
     assert_exact(server)
-    old = rank_pids(server)
+    old = rank_pids(server.proc.pid)
     assert len(old) == 2, old
     os.kill(old[1], signal.SIGKILL)
     ping_until(server, 503, timeout=10)
@@ -72,7 +57,7 @@ def test_killed_rank_ping_turns_503_then_200_and_answers_are_exact(server: Serve
 
 def test_request_in_flight_when_its_rank_dies_gets_503(server: Server) -> None:
     server.wait_ready()
-    old = rank_pids(server)
+    old = rank_pids(server.proc.pid)
     assert len(old) == 2, old
     # Stopped, rank 1 cannot answer: the batch waits in the engine, the other rank in the
     # collective. Killing it then is a rank dying under a batch in flight.

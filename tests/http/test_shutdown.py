@@ -10,8 +10,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.distributed.test_lifecycle import alive
 from tests.http.server import Server, same_bits
+from tests.procs import alive, rank_pids
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +21,7 @@ def test_sigterm_answers_what_is_in_flight_then_exits_clean(model_path: Path) ->
     s = Server(model_path, "--max-delay-ms", "1500")
     try:
         s.wait_ready()
-        ranks = [int(line.split()[0]) for line in _children(s.proc.pid)]
+        ranks = rank_pids(s.proc.pid)
         assert len(ranks) >= 2
 
         def post(i: int) -> httpx.Response:
@@ -45,16 +45,3 @@ def test_sigterm_answers_what_is_in_flight_then_exits_clean(model_path: Path) ->
         assert not any(alive(p) for p in ranks)
     finally:
         s.close()
-
-
-def _children(pid: int) -> list[str]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            cmdline = (stat.parent / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and b"spawn_main" in cmdline:
-            out.append(f"{stat.parent.name} {cmdline!r}")
-    return out
