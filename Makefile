@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-PIP := $(BIN)/pip install --quiet -c constraints.txt
+# PIP_CONSTRAINT reaches pip's isolated build environments too, so the build backend is pinned.
+PIP := PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(BIN)/pip install --quiet -c constraints.txt
 STAMP := $(VENV)/.installed
 
 .PHONY: install serve test lint bench clean
