@@ -16,10 +16,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
-from torchrec import KeyedJaggedTensor
 
-from serving.collate import collate
+from serving.bench.reference import unsharded_rows
 from serving.demo import demo_spec
 from serving.engine import model, weights
 from serving.engine.sharded import ShardedEngine
@@ -35,16 +33,8 @@ def make_requests(spec, count: int, mean_len: int, rng) -> list[dict[str, np.nda
 
 
 def unsharded_forward(ec, spec, rows, reqs):
-    batch = collate(reqs, spec.features, rows)
-    kjt = KeyedJaggedTensor(
-        keys=list(batch.keys),
-        values=torch.from_numpy(batch.values),
-        lengths=torch.from_numpy(batch.lengths),
-    )
-    with torch.no_grad():
-        jts = ec(kjt)
-    outputs = {k: jts[k].values().numpy() for k in batch.keys}
-    return split(batch, outputs, reqs)
+    batch, outputs = unsharded_rows(ec, spec.features, rows, reqs)
+    return split(batch, {k: v.numpy() for k, v in outputs.items()}, reqs)
 
 
 def timed(fn, reqs) -> float:

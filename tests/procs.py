@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 
@@ -25,3 +26,11 @@ def rank_pids(parent: int) -> list[int]:
         if int(fields[1]) == parent and fields[0] != "Z" and b"spawn_main" in cmdline:
             out.append(int(stat.parent.name))
     return sorted(out)
+
+
+def wait_gone(pids: list[int], timeout: float = 10) -> bool:
+    """True once none of `pids` runs, False if some still do after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not any(alive(p) for p in pids)

@@ -19,12 +19,25 @@ from typing import Any
 
 import numpy as np
 import torch
+from torchrec import KeyedJaggedTensor
 
+from serving.collate import Batch, Request, collate
 from serving.config import ModelSpec
 from serving.engine.model import unsharded
 from serving.engine.quiet import quiet_torch_logs
 
-Request = Mapping[str, np.ndarray]
+
+def unsharded_rows(
+    ec: torch.nn.Module, keys: Sequence[str], rows: Mapping[str, int], requests: Sequence[Request]
+) -> tuple[Batch, dict[str, torch.Tensor]]:
+    """The unsharded model's rows for one collated batch: the in-process reference path."""
+    b = collate(requests, keys, rows)
+    kjt = KeyedJaggedTensor(
+        keys=list(b.keys), values=torch.from_numpy(b.values), lengths=torch.from_numpy(b.lengths)
+    )
+    with torch.no_grad():
+        out = ec(kjt)
+    return b, {k: out[k].values() for k in b.keys}
 
 
 def batches(requests: Sequence[Request], size: int) -> list[Sequence[Request]]:
@@ -63,25 +76,14 @@ def unsharded_rate(
     seconds: float,
     threads: int = 1,
 ) -> dict[str, Any]:
-    from torchrec import KeyedJaggedTensor
-
-    from serving.collate import collate
-
     quiet_torch_logs()
     ec = unsharded(spec, tables)
     rows = {f: t.num_embeddings for f, t in spec.table_of().items()}
     groups = batches(requests, batch)
 
     def step(k: int) -> int:
-        b = collate(groups[k], spec.features, rows)
-        kjt = KeyedJaggedTensor(
-            keys=list(b.keys),
-            values=torch.from_numpy(b.values),
-            lengths=torch.from_numpy(b.lengths),
-        )
-        with torch.no_grad():
-            out = ec(kjt)
-        return sum(int(out[key].values().shape[0]) for key in b.keys)
+        _, out = unsharded_rows(ec, spec.features, rows, groups[k])
+        return sum(int(v.shape[0]) for v in out.values())
 
     with torch_threads(threads) as used:
         ids_s, calls, elapsed = _rate(step, len(groups), seconds)

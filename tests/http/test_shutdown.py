@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.http.server import Server, same_bits
-from tests.procs import alive, rank_pids
+from tests.procs import rank_pids, wait_gone
 
 pytestmark = pytest.mark.slow
 
@@ -39,9 +39,6 @@ def test_sigterm_answers_what_is_in_flight_then_exits_clean(model_path: Path) ->
             assert r.status_code == 200, r.text
             want = s.rows("shop_id", [i, 29 - i])
             assert same_bits(np.asarray(r.json()["embeddings"]["shop_id"]), want)
-        deadline = time.monotonic() + 10
-        while any(alive(p) for p in ranks) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not any(alive(p) for p in ranks)
+        assert wait_gone(ranks), f"ranks {ranks} outlived the server"
     finally:
         s.close()

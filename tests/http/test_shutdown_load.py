@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.http.server import Server, same_bits
-from tests.procs import alive, rank_pids
+from tests.procs import rank_pids, wait_gone
 
 pytestmark = pytest.mark.slow
 
@@ -73,9 +73,6 @@ def test_sigterm_under_load_loses_nothing(model_path: Path) -> None:
         assert int(server_side.get("200", 0)) == client_side["ok"], (line, client_side)
         assert int(server_side.get("503", 0)) == client_side["503"], (line, client_side)
         assert sum(k == "ok" for k, _ in outcomes) > 10
-        deadline = time.monotonic() + 10
-        while any(alive(p) for p in ranks) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not any(alive(p) for p in ranks)
+        assert wait_gone(ranks), f"ranks {ranks} outlived the server"
     finally:
         s.close()
