@@ -10,7 +10,6 @@ part of every figure: `client_cpu_ms_per_req` in the results says how much.
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import sys
@@ -74,8 +73,9 @@ def auth_headers(front: str, workdir: Path) -> dict[str, str]:
     """TorchServe keeps token authorization on: every call, /ping too, needs the inference key."""
     if front != "torchserve":
         return {}
-    key = json.loads((workdir / "torchserve" / "key_file.json").read_text())["inference"]["key"]
-    return {"Authorization": f"Bearer {key}"}
+    from serving.torchserve import inference_key  # the key file's layout lives there
+
+    return {"Authorization": f"Bearer {inference_key(workdir / 'torchserve' / 'key_file.json')}"}
 
 
 def start_server(

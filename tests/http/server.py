@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ import httpx
 import numpy as np
 from safetensors.numpy import load_file
 
+from serving.bench import free_port
 from serving.demo import write_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,12 +52,6 @@ FEATURE_TABLE = {
     "category_id": "categories",
     "shop_id": "shops",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Server:
