@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -20,17 +19,12 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving import codec
+from serving import predict as predict_route
 from serving.batching import Batcher
 from serving.config import ModelSpec
-from serving.errors import (
-    EngineUnavailable,
-    PayloadTooLarge,
-    SeqServeError,
-    Unauthorized,
-    UnknownModel,
-    http_status,
-)
+from serving.errors import SeqServeError, Unauthorized, UnknownModel
 from serving.metrics import Metrics
+from serving.predict import Predictions, bearer_ok, error_reply, seqserve_error_reply
 from serving.schemas import error_responses, predict_openapi
 from serving.settings import ServerSettings
 
@@ -61,16 +55,9 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
-def error_response(
-    status: int, kind: str, message: str, retry_after: float | None = None
-) -> Response:
-    headers = {"Retry-After": str(max(1, round(retry_after)))} if retry_after is not None else None
-    return Response(
-        codec.encode_error(status, kind, message),
-        status_code=status,
-        media_type=codec.JSON,
-        headers=headers,
-    )
+def response(reply: predict_route.Reply) -> Response:
+    status, body, headers = reply
+    return Response(body, status_code=status, headers={k.decode(): v.decode() for k, v in headers})
 
 
 def create_app(
@@ -123,25 +110,29 @@ def create_app(
     no_otel: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
     app = FastAPI(title="seqserve", version="0.1.0", lifespan=lifespan, telemetry=no_otel)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    # Added last, so outermost: the hot route skips the layers above (serving.predict says why).
+    app.add_middleware(
+        Predictions,
+        spec=spec,
+        settings=settings,
+        batcher=batcher,
+        ready=lambda: engine.ready,
+        metrics=metrics,
+    )
     app.state.metrics = metrics
 
     @app.exception_handler(SeqServeError)
     async def _seqserve_error(request: Request, exc: SeqServeError) -> Response:
-        status = http_status(exc)
-        retry = settings.batch.retry_after_s if status == 503 else None
-        response = error_response(status, type(exc).__name__, str(exc), retry)
-        if status == 401:
-            response.headers["WWW-Authenticate"] = "Bearer"
-        return response
+        return response(seqserve_error_reply(exc, settings.batch.retry_after_s))
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> Response:
         name = HTTP_NAMES.get(exc.status_code, "HTTPError")
-        return error_response(exc.status_code, name, f"{exc.detail}: {request.url.path}")
+        return response(error_reply(exc.status_code, name, f"{exc.detail}: {request.url.path}"))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-        return error_response(400, "InvalidInput", str(exc.errors()))
+        return response(error_reply(400, "InvalidInput", str(exc.errors())))
 
     bearer = HTTPBearer(auto_error=False, description="the server's --auth-token, if it has one")
     token = settings.auth_token.encode()
@@ -149,41 +140,13 @@ def create_app(
     async def authorized(
         credentials: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
     ) -> None:
-        if not token:
-            return
-        given = credentials.credentials.encode() if credentials else b""
-        # compare_digest: the time taken says nothing about how much of the token matched.
-        if not hmac.compare_digest(given, token):
+        given = f"Bearer {credentials.credentials}".encode() if credentials else None
+        if not bearer_ok(given, token):
             raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
 
     # Dependencies cost per request in FastAPI: attach the token check only when there is one.
     guarded = [Depends(authorized)] if token else []
-
-    @app.post(
-        "/predictions/{model}",
-        dependencies=guarded,
-        openapi_extra=predict_openapi(spec),
-        response_class=Response,
-        summary="Embeddings of the ids of one or several sequences",
-    )
-    async def predict(request: Request) -> Response:
-        # The path parameter is read raw (declared for OpenAPI in predict_openapi): FastAPI's
-        # parameter machinery costs more per request than the lookup of a small batch.
-        model = request.path_params["model"]
-        if model != spec.name:
-            raise UnknownModel(
-                f"model '{model}' is not served here; this server serves '{spec.name}'"
-            )
-        if not engine.ready:
-            raise EngineUnavailable("the model is not ready: ranks are starting or restarting")
-        body = await read_body(request, settings.limits.max_body_bytes)
-        decoded = codec.decode(body, request.headers.get("content-type"), spec, settings.limits)
-        deadline = time.monotonic() + settings.request_timeout_s
-        answers = await until_disconnect(request, submit_all(batcher, decoded.requests, deadline))
-        if answers is None:  # the client went away; nothing to answer
-            return Response(status_code=499)
-        content, media = codec.encode(answers, decoded.instances, request.headers.get("accept"))
-        return Response(content, media_type=media)
+    document_predictions(app, spec, secured=bool(token))
 
     @app.get("/ping", responses=error_responses(503) | {200: {"description": "healthy"}})
     async def ping() -> Response:
@@ -204,6 +167,28 @@ def create_app(
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def document_predictions(app: FastAPI, spec: ModelSpec, secured: bool) -> None:
+    """Add POST /predictions/{model}, answered by `Predictions` outside FastAPI's routing, to
+    the OpenAPI document FastAPI builds for its own routes."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = build()  # FastAPI's document of its own routes, kept in app.openapi_schema
+            operation: dict[str, Any] = {
+                "summary": "Embeddings of the ids of one or several sequences",
+                "operationId": "predict_predictions__model__post",
+                **predict_openapi(spec),
+            }
+            if secured:
+                operation["security"] = [{"HTTPBearer": []}]
+            doc["paths"] = {predict_route.ROUTE: {"post": operation}, **doc.get("paths", {})}
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def describe_model(engine: Engine) -> dict[str, Any]:
@@ -232,54 +217,6 @@ def describe_model(engine: Engine) -> dict[str, Any]:
     }
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it is known to be over `limit`."""
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > limit:
-        raise PayloadTooLarge(f"body of {length} bytes is over the limit of {limit}")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def submit_all(
-    batcher: Batcher[Ids, Answer], requests: list[Ids], deadline: float
-) -> list[Answer]:
-    tasks = [
-        asyncio.ensure_future(batcher.submit(r, sum(len(v) for v in r.values()), deadline))
-        for r in requests
-    ]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for t in tasks:  # one sequence failed: the others of this request need not be computed
-            t.cancel()
-        raise
-
-
-async def until_disconnect(request: Request, work: Any) -> list[Answer] | None:
-    """Await `work`, or cancel it (dropping its sequences before compute) if the client leaves."""
-    task = asyncio.ensure_future(work)
-    gone = asyncio.ensure_future(_disconnected(request))
-    try:
-        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    return None
-
-
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
 class MetricsMiddleware:
     """Counts and times every HTTP request by route template and status (pure ASGI: cheap)."""
 
@@ -305,5 +242,4 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             path = getattr(route, "path", "other")
-            self.metrics.requests.labels(path, str(status)).inc()
-            self.metrics.latency.labels(path).observe(time.perf_counter() - start)
+            self.metrics.observe(path, status, time.perf_counter() - start)

@@ -26,7 +26,12 @@ log = logging.getLogger(__name__)
 class BatchSettings:
     max_batch_size: int = 64  # items per batch
     max_batch_ids: int = 65536  # summed cost per batch
-    max_delay_s: float = 0.002  # counted from the first item taken into the batch
+    # How long a batch may wait for more items, counted from its oldest item's arrival: items
+    # that queued while the engine was busy have waited already, so they go at once.
+    max_delay_s: float = 0.005
+    # A batch also closes once no item has arrived for this long: a lone request does not wait
+    # out the whole delay, while a burst of arrivals (many clients) still fills the batch.
+    max_gap_s: float = 0.001
     max_queue: int = 1024  # items waiting, not counting the batch being processed
     retry_after_s: float = 1.0  # advice given with QueueFull
 
@@ -37,6 +42,7 @@ class _Pending(Generic[T, R]):
     cost: int
     deadline: float | None  # absolute time.monotonic()
     future: asyncio.Future[R]
+    arrived: float  # the loop's time at submit
 
 
 class Batcher(Generic[T, R]):
@@ -68,6 +74,12 @@ class Batcher(Generic[T, R]):
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def submit(self, item: T, cost: int, deadline: float | None = None) -> R:
+        # If this task is cancelled, the future is cancelled with it and the loop skips the item.
+        return await self.enqueue(item, cost, deadline)
+
+    def enqueue(self, item: T, cost: int, deadline: float | None = None) -> asyncio.Future[R]:
+        """Queue `item`; its result comes in the future. Cancelling the future drops the item
+        if its batch has not started. No task per item: the HTTP front awaits these directly."""
         if self._closed:
             raise EngineUnavailable("shutting down")
         limit = self._settings.max_queue
@@ -75,11 +87,11 @@ class Batcher(Generic[T, R]):
             raise QueueFull(
                 f"batch queue is full ({limit} waiting)", retry_after=self._settings.retry_after_s
             )
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Pending(item, cost, deadline, future))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        self._waiting.append(_Pending(item, cost, deadline, future, loop.time()))
         self._wakeup.set()
-        # If this task is cancelled, `future` is cancelled with it and the loop skips the item.
-        return await future
+        return future
 
     async def stop(self, drain: bool = True) -> None:
         """Refuse new items; with `drain`, answer every accepted item before returning."""
@@ -133,7 +145,10 @@ class Batcher(Generic[T, R]):
             if not self._waiting:
                 if self._closed:  # nothing more can arrive, so waiting longer gains nothing
                     break
-                timeout = close_at - loop.time() if batch else None
+                timeout = None
+                if batch:
+                    quiet_at = batch[-1].arrived + settings.max_gap_s
+                    timeout = min(close_at, quiet_at) - loop.time()
                 if timeout is not None and timeout <= 0:
                     break
                 if not await self._wait_for_item(timeout):
@@ -146,7 +161,7 @@ class Batcher(Generic[T, R]):
             if not self._wanted(head):
                 continue
             if not batch:
-                close_at = loop.time() + settings.max_delay_s
+                close_at = head.arrived + settings.max_delay_s
             batch.append(head)
             cost += head.cost
         # Items may have been cancelled or expired while the batch was held open.

@@ -44,6 +44,11 @@ class Metrics:
             ranks_ready
         )
 
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        """One answered HTTP request: counted by route template and status, and timed."""
+        self.requests.labels(route, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
     def on_batch(self, sequences: int, ids: int) -> None:
         self.batch_size.observe(sequences)
         self.batch_ids.observe(ids)

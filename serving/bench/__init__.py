@@ -2,7 +2,9 @@
 in-process reference lines, results.json and plot.png.
 
     mix        the request mix (lengths, ids, subsets) and the pre-encoded request pool
-    load       fronts on free ports with their auth, and the threaded client loop
+    load       fronts on free ports with their auth, their first answer and stop
+    wire       the lean asyncio HTTP/1.1 client that drives the load
+    cpu        CPU per request of a server's processes, by role, from /proc
     check      answers compared bit for bit with the model's weights
     reference  the unsharded EmbeddingCollection and one core's index_select, in process
     report     level metrics, results.json, the table and the plot
@@ -24,7 +26,6 @@ if TYPE_CHECKING:
         NotReady,
         first_answer,
         free_port,
-        run_threads,
         start_server,
         stop_server,
     )
@@ -36,7 +37,6 @@ __all__ = [
     "NotReady",
     "first_answer",
     "free_port",
-    "run_threads",
     "start_server",
     "stop_server",
 ]

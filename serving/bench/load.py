@@ -1,11 +1,6 @@
-"""Fronts on free ports (with their auth) and the client loop that drives them.
+"""Fronts on free ports (with their auth), their first answer, and their stop.
 
-Client: N threads, each with its own synchronous httpx.Client (HTTP/1.1 keep-alive, one
-connection each). Measured against one-AsyncClient-N-tasks on the demo (msgpack, 3 s levels,
-2-core box): threads cost 0.6-0.9 ms client CPU per request at concurrency 1-32; the async
-client cost 1.2-1.5 ms at 1-8 and ~5 ms at 32, where it capped at ~150-190 req/s while threads
-reached 700-1070. On a small machine the client shares cores with the server, so its CPU cost is
-part of every figure: `client_cpu_ms_per_req` in the results says how much.
+The load itself comes from `serving.bench.wire` (its docstring says why not httpx).
 """
 
 from __future__ import annotations
@@ -13,9 +8,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -30,7 +23,6 @@ __all__ = [
     "NotReady",
     "free_port",
     "first_answer",
-    "run_threads",
     "start_server",
     "stop_server",
 ]
@@ -38,11 +30,6 @@ __all__ = [
 ROOT = Path(__file__).resolve().parents[2]
 FRONTS = ("fastapi", "torchserve")
 READY_TIMEOUT_S = 240
-
-# (start, latency in s, HTTP status or the transport error's name, index of the body sent)
-Result = tuple[float, float, int | str, int]
-# Called with (worker, its n-th 200 counted from 0, start, body index, response bytes).
-OnOk = Callable[[int, int, float, int, bytes], None]
 
 
 class NotReady(SystemExit):
@@ -133,53 +120,3 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-
-
-def run_threads(
-    target: str,
-    bodies: Sequence[bytes],
-    headers: dict[str, str],
-    workers: int,
-    end: float,
-    *,
-    on_ok: OnOk | None = None,
-    timeout: float = 60,
-    tick: float = 0,
-    on_tick: Callable[[list[Result]], None] | None = None,
-) -> list[Result]:
-    """`workers` threads post `bodies` to `target` until perf_counter() passes `end`.
-
-    Every 200 goes to `on_ok` (from the worker's thread) when given. With `on_tick`, the calling
-    thread calls it every `tick` seconds with the results so far (read racily: a progress line).
-    """
-    results: list[Result] = []  # list.append is atomic under the GIL
-
-    def worker(k: int) -> None:
-        n = 0
-        with httpx.Client(headers=headers, timeout=timeout) as client:
-            i = k * 7919  # a different walk through the pool per worker
-            while (t0 := time.perf_counter()) < end:
-                i = (i + 1) % len(bodies)
-                status: int | str
-                try:
-                    r = client.post(target, content=bodies[i])
-                    status = r.status_code
-                except httpx.HTTPError as e:
-                    status = type(e).__name__
-                results.append((t0, time.perf_counter() - t0, status, i))
-                if status == 200 and on_ok is not None:
-                    on_ok(k, n, t0, i, r.content)
-                    n += 1
-
-    threads = [threading.Thread(target=worker, args=(k,), daemon=True) for k in range(workers)]
-    for t in threads:
-        t.start()
-    ticking = on_tick is not None and tick > 0
-    next_tick = time.perf_counter() + tick
-    for t in threads:
-        while t.is_alive():
-            t.join(timeout=max(0.0, next_tick - time.perf_counter()) if ticking else None)
-            if on_tick is not None and ticking and time.perf_counter() >= next_tick:
-                next_tick += tick
-                on_tick(results)
-    return results

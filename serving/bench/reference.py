@@ -1,4 +1,4 @@
-"""Two in-process reference lines for the HTTP figures, on the same requests as the servers see.
+"""In-process reference lines for the HTTP figures, on the same requests as the servers see.
 
 (a) the unsharded EmbeddingCollection (serving.engine.model.unsharded): collate + KJT +
     forward on batches of `batch` requests, on `threads` threads (1 by default; 0: torch's
@@ -6,7 +6,10 @@
     2-core box two threads are a poor default: with the other core busy, torch's parallel
     regions wait for a descheduled thread and the rate fell 10-50x (0.1-1.5 M ids/s against
     5.5 M on one thread, same run); one thread gives a steady figure.
-(b) one core's raw row gather: torch.set_num_threads(1), torch.index_select on a float32
+(b) the sharded engine with no HTTP: seqserve's rank group (serving.engine.sharded) on the
+    same batches, collate and split included: what the sharded forward costs before any
+    front adds its own.
+(c) one core's raw row gather: torch.set_num_threads(1), torch.index_select on a float32
     table shaped like the model's largest, with the ids that table's features get in the mix.
 """
 
@@ -98,6 +101,34 @@ def unsharded_rate(
     }
 
 
+def sharded_rate(
+    spec: ModelSpec, requests: Sequence[Request], batch: int, seconds: float
+) -> dict[str, Any]:
+    from serving.engine.sharded import ShardedEngine
+
+    engine = ShardedEngine(spec)
+    engine.start()
+    groups = batches(requests, batch)
+
+    def step(k: int) -> int:
+        return sum(int(v.shape[0]) for a in engine.forward(groups[k]) for v in a.values())
+
+    try:
+        ids_s, calls, elapsed = _rate(step, len(groups), seconds)
+    finally:
+        engine.close()
+    world = spec.sharding.world_size
+    return {
+        "name": f"sharded engine, {world} rank{'s' if world > 1 else ''}",
+        "what": f"collate + rank group forward + split, {batch} requests a batch, no HTTP",
+        "ids_s": ids_s,
+        "batches": calls,
+        "seconds": elapsed,
+        "batch_requests": batch,
+        "threads": engine.threads,
+    }
+
+
 def gather_rate(
     spec: ModelSpec,
     tables: Mapping[str, torch.Tensor],
@@ -143,5 +174,6 @@ def measure(
 ) -> list[dict[str, Any]]:
     return [
         unsharded_rate(spec, tables, requests, batch, seconds, threads),
+        sharded_rate(spec, requests, batch, seconds),
         gather_rate(spec, tables, requests, batch, seconds),
     ]

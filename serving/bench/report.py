@@ -81,22 +81,86 @@ def rate(v: float) -> str:
     return f"{v:.0f}"
 
 
+def _cpu(r: dict[str, Any]) -> str:
+    """Server CPU ms per request, total and by process role ('-' for a server not started by
+    the bench); the client's after a slash."""
+    server = r.get("server_cpu_ms_per_req")
+    client = r.get("client_cpu_ms_per_req")
+    text = "-"
+    if server:
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in server.items() if k != "total" and v >= 0.005)
+        text = f"{server['total']:.2f} ({parts})"
+    return text if client is None else f"{text} / {client:.2f}"
+
+
+def comparisons(
+    rows: Sequence[dict[str, Any]], references: Sequence[dict[str, Any]]
+) -> dict[str, list[dict[str, Any]]]:
+    """The ratios a reader compares: FastAPI over TorchServe at each level both ran, and each
+    front's best ids/s over one core's gather rate (index_select)."""
+    by = {(r["front"], r["format"], r["concurrency"]): r for r in rows}
+    fronts = []
+    for (front, fmt, n), fast in by.items():
+        slow = by.get(("torchserve", fmt, n))
+        if front == "fastapi" and slow is not None and slow["req_s"] > 0:
+            fronts.append(
+                {
+                    "format": fmt,
+                    "concurrency": n,
+                    "req_s_ratio": fast["req_s"] / slow["req_s"],
+                    "p99_ms": {"fastapi": fast["p99_ms"], "torchserve": slow["p99_ms"]},
+                }
+            )
+    gather = next((x["ids_s"] for x in references if x["name"].startswith("index_select")), None)
+    to_gather = []
+    if gather:
+        best: dict[tuple[str, str], float] = {}
+        for r in rows:
+            key = (r["front"], r["format"])
+            best[key] = max(best.get(key, 0.0), r["ids_s"])
+        to_gather = [
+            {"front": f, "format": fmt, "best_ids_s": v, "ratio": v / gather}
+            for (f, fmt), v in best.items()
+        ]
+    return {"fastapi_over_torchserve": fronts, "ids_s_over_gather": to_gather}
+
+
 def table(rows: Sequence[dict[str, Any]], references: Sequence[dict[str, Any]]) -> str:
     lines = [
         "| front | format | clients | req/s | ids/s | p50 ms | p90 ms | p99 ms | errors "
-        "| checked | wrong |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
+        "| checked | wrong | CPU ms/req: server (by process) / client |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- |",
     ]
     for r in rows:
         errors = ", ".join(f"{k}: {v}" for k, v in r["errors"].items()) or "0"
         lines.append(
             f"| {r['front']} | {r['format']} | {r['concurrency']} | {r['req_s']:.1f} "
             f"| {rate(r['ids_s'])} | {_ms(r['p50_ms'])} | {_ms(r['p90_ms'])} "
-            f"| {_ms(r['p99_ms'])} | {errors} | {r['checked']} | {r['wrong']} |"
+            f"| {_ms(r['p99_ms'])} | {errors} | {r['checked']} | {r['wrong']} | {_cpu(r)} |"
         )
     if references:
         lines += ["", "| reference | ids/s | what |", "| --- | ---: | --- |"]
         lines += [f"| {x['name']} | {rate(x['ids_s'])} | {x['what']} |" for x in references]
+    ratios = comparisons(rows, references)
+    if ratios["fastapi_over_torchserve"]:
+        lines += [
+            "",
+            "| format | clients | FastAPI / TorchServe req/s | p99 ms FastAPI, TorchServe |",
+        ]
+        lines += ["| --- | ---: | ---: | --- |"]
+        for c in ratios["fastapi_over_torchserve"]:
+            p99 = c["p99_ms"]
+            lines.append(
+                f"| {c['format']} | {c['concurrency']} | {c['req_s_ratio']:.2f}x "
+                f"| {_ms(p99['fastapi'])}, {_ms(p99['torchserve'])} |"
+            )
+    if ratios["ids_s_over_gather"]:
+        lines += ["", "| front | format | best ids/s | over index_select, 1 core |"]
+        lines += ["| --- | --- | ---: | ---: |"]
+        for g in ratios["ids_s_over_gather"]:
+            lines.append(
+                f"| {g['front']} | {g['format']} | {rate(g['best_ids_s'])} | {g['ratio']:.4f}x |"
+            )
     return "\n".join(lines)
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from serving.bench import check, load, report
+from serving.bench import check, cpu, load, report, wire
 from serving.bench.mix import IdDist, LengthDist, Mix, Pool
 from serving.config import ModelSpec
 
@@ -175,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
         "environment": report.environment(),
         "references": references,
         "results": rows,
+        "comparisons": report.comparisons(rows, references),
         "checked": sum(r["checked"] for r in rows),
         "wrong": wrong,
         "wrong_examples": examples[:MAX_EXAMPLES],
@@ -227,9 +228,10 @@ def _measure(
             for fmt in formats:
                 for n in levels:
                     # Fronts back to back at each level: drift on a shared box hits all alike.
-                    for front, (_, url, auth) in servers.items():
+                    for front, (proc, url, auth) in servers.items():
                         target = f"{url}/predictions/{name}"
-                        row, sampler = _level(args, pool, bits, target, auth, front, fmt, n)
+                        pid = proc.pid if proc is not None else None
+                        row, sampler = _level(args, pool, bits, target, auth, front, fmt, n, pid)
                         rows.append(row)
                         examples += sampler.examples
         except load.NotReady as e:
@@ -264,8 +266,10 @@ def _level(
     front: str,
     fmt: str,
     n: int,
+    server_pid: int | None,
 ) -> tuple[dict[str, Any], Sampler]:
-    """One level: warm-up, then `args.duration` measured seconds with `n` clients."""
+    """One level: warm-up, then `args.duration` measured seconds with `n` clients. With the
+    server's pid (a front the bench started), its processes' CPU per request too."""
     label = f"{front} {fmt} x{n}"
     t0 = time.perf_counter()
     start = t0 + args.warmup
@@ -273,7 +277,7 @@ def _level(
     sampler = Sampler(pool, fmt, bits, start, args.check_every)
     last = [t0, 0.0]
 
-    def progress(results: list[load.Result]) -> None:
+    def progress(results: list[wire.Result]) -> None:
         now, done = time.perf_counter(), len(results)
         phase = "warm-up" if now < start else f"{min(now, end) - start:.0f}/{args.duration:g} s"
         rate = (done - last[1]) / max(now - last[0], 1e-9)
@@ -281,8 +285,9 @@ def _level(
         log(f"  {label}: {phase}, {rate:.0f} req/s")
 
     log(f"{label} ...")
+    server0 = cpu.snapshot(server_pid)
     cpu0 = time.process_time()
-    results = load.run_threads(
+    clients = wire.run_clients(
         target,
         pool.bodies[fmt],
         {**load.HEADERS[fmt], **auth},
@@ -293,7 +298,9 @@ def _level(
         tick=max(1.0, (args.warmup + args.duration) / 5),
         on_tick=progress,
     )
-    cpu = time.process_time() - cpu0  # warm-up and its checks included: every request sent
+    results = wire.run(clients)
+    client_cpu = time.process_time() - cpu0  # warm-up and its checks included: every request
+    server_cpu = cpu.per_request(server0, cpu.snapshot(server_pid), len(results))
     sampler.finish()
     row = {
         "front": front,
@@ -302,7 +309,8 @@ def _level(
         **report.level_metrics(results, pool.ids, start, args.duration),
         "checked": sampler.checked,
         "wrong": sampler.wrong,
-        "client_cpu_ms_per_req": 1000 * cpu / max(1, len(results)),
+        "client_cpu_ms_per_req": 1000 * client_cpu / max(1, len(results)),
+        "server_cpu_ms_per_req": server_cpu,
     }
     p99 = "-" if row["p99_ms"] is None else f"{row['p99_ms']:.1f} ms"
     log(

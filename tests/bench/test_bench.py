@@ -52,6 +52,7 @@ def test_a_short_run_against_a_real_server(
     assert env["cpu_count"] > 0 and env["versions"]["torch"] and env["versions"]["matplotlib"]
     assert [x["name"] for x in doc["references"]] == [
         "unsharded EmbeddingCollection, 1 thread",
+        "sharded engine, 2 ranks",
         "index_select, 1 core",
     ]
     assert all(x["ids_s"] > 0 for x in doc["references"])

@@ -89,7 +89,7 @@ def test_the_build_context_leaves_out_the_bulk_of_a_checkout() -> None:
         "docker/models/weights.safetensors",
         "model_store/demo.mar",
         "model_store/run/key_file.json",
-        "benchmarks/results/http_load.json",
+        "benchmarks/results/engine_bench.json",
         "serving/__pycache__/cli.cpython-311.pyc",
         "seqserve.egg-info/PKG-INFO",
     ):

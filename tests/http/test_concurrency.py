@@ -17,8 +17,8 @@ N = 32
 
 
 def test_concurrent_requests_are_batched_and_a_bad_one_fails_alone(model_path: Path) -> None:
-    # A 50 ms window from the first request of a batch: the 32 requests meet in few batches.
-    s = Server(model_path, "--max-delay-ms", "50")
+    # A 50 ms window from the oldest request of a batch: the 32 requests meet in few batches.
+    s = Server(model_path, "--max-delay-ms", "50", "--max-gap-ms", "50")
     try:
         s.wait_ready()
         before = s.metric("seqserve_batch_sequences_count")

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_disconnected_caller_is_not_computed(model_path: Path) -> None:
-    s = Server(model_path, "--max-delay-ms", "1000")
+    s = Server(model_path, "--max-delay-ms", "1000", "--max-gap-ms", "1000")
     try:
         s.wait_ready()
         before = s.metric("seqserve_batch_sequences_count")

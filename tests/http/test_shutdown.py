@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 def test_sigterm_answers_what_is_in_flight_then_exits_clean(model_path: Path) -> None:
     # Batches wait 1.5 s for company, so the requests are still queued when SIGTERM lands.
-    s = Server(model_path, "--max-delay-ms", "1500")
+    s = Server(model_path, "--max-delay-ms", "1500", "--max-gap-ms", "1500")
     try:
         s.wait_ready()
         ranks = rank_pids(s.proc.pid)

@@ -58,7 +58,9 @@ def spawn(batcher: Batcher[Any, Any], item: Any, cost: int = 1, **kw: Any) -> as
 def test_batch_closes_at_max_size() -> None:
     async def main() -> None:
         engine = Engine()
-        batcher = Batcher(engine, BatchSettings(max_batch_size=3, max_delay_s=NEVER))
+        batcher = Batcher(
+            engine, BatchSettings(max_batch_size=3, max_delay_s=NEVER, max_gap_s=NEVER)
+        )
         tasks = [spawn(batcher, i) for i in range(6)]
         await until(lambda: batcher.queue_depth == 6)
         batcher.start()
@@ -73,7 +75,9 @@ def test_batch_closes_at_max_ids_and_oversized_item_goes_alone() -> None:
     async def main() -> None:
         engine = Engine()
         seen: list[tuple[int, int]] = []
-        settings = BatchSettings(max_batch_size=100, max_batch_ids=10, max_delay_s=NEVER)
+        settings = BatchSettings(
+            max_batch_size=100, max_batch_ids=10, max_delay_s=NEVER, max_gap_s=NEVER
+        )
         batcher = Batcher(engine, settings, on_batch=lambda n, cost: seen.append((n, cost)))
         costs = [4, 4, 4, 20, 3, 7]  # the last pair fills the budget exactly
         tasks = [spawn(batcher, i, cost) for i, cost in enumerate(costs)]
@@ -90,7 +94,9 @@ def test_batch_closes_at_max_ids_and_oversized_item_goes_alone() -> None:
 def test_batch_below_size_waits_for_delay() -> None:
     async def main() -> None:
         engine = Engine()
-        batcher = Batcher(engine, BatchSettings(max_batch_size=4, max_delay_s=NEVER))
+        batcher = Batcher(
+            engine, BatchSettings(max_batch_size=4, max_delay_s=NEVER, max_gap_s=NEVER)
+        )
         tasks = [spawn(batcher, 0)]
         await until(lambda: batcher.queue_depth == 1)
         batcher.start()
@@ -109,7 +115,9 @@ def test_batch_below_size_waits_for_delay() -> None:
 def test_delay_counts_from_first_item_not_from_each() -> None:
     async def main() -> None:
         engine = Engine()
-        batcher = Batcher(engine, BatchSettings(max_batch_size=100, max_delay_s=0.05))
+        batcher = Batcher(
+            engine, BatchSettings(max_batch_size=100, max_delay_s=0.05, max_gap_s=NEVER)
+        )
         batcher.start()
         # One item every 10 ms for 200 ms: a timer restarted per item would never expire.
         tasks = []
@@ -137,10 +145,68 @@ def test_small_delay_closes_a_lone_item() -> None:
     run(main())
 
 
+def test_items_that_queued_behind_a_batch_go_at_once() -> None:
+    """The delay counts from an item's arrival: time spent queued behind a running batch counts,
+    so the next batch is not held open again once the engine is free."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        engine = Engine(gated=True)
+        batcher = Batcher(engine, BatchSettings(max_batch_size=3, max_delay_s=0.3, max_gap_s=NEVER))
+        batcher.start()
+        first = [spawn(batcher, i) for i in range(3)]  # full: runs at once, held on the gate
+        await until(lambda: len(engine.batches) == 1)
+        late = spawn(batcher, 3)
+        await asyncio.sleep(0.35)  # item 3 waits out its delay behind the running batch
+        opened = loop.time()
+        engine.gate.set()
+        await asyncio.gather(*first, late)
+        assert engine.batches == [[0, 1, 2], [3]]
+        # Counted from when it was taken into a batch, the delay would hold it another 0.3 s.
+        assert loop.time() - opened < 0.15
+        await batcher.stop()
+
+    run(main())
+
+
+def test_quiet_gap_closes_a_lone_item_before_the_delay() -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        engine = Engine()
+        batcher = Batcher(engine, BatchSettings(max_batch_size=100, max_delay_s=2, max_gap_s=0.01))
+        batcher.start()
+        t0 = loop.time()
+        assert await batcher.submit(7, 1) == 70
+        assert loop.time() - t0 < 1  # the gap closed it, not the 2 s delay
+        await batcher.stop()
+
+    run(main())
+
+
+def test_a_burst_within_the_gap_fills_one_batch() -> None:
+    async def main() -> None:
+        engine = Engine()
+        batcher = Batcher(
+            engine, BatchSettings(max_batch_size=100, max_delay_s=NEVER, max_gap_s=0.2)
+        )
+        batcher.start()
+        tasks = []
+        for i in range(10):  # one item every 10 ms: each arrives well within the 200 ms gap
+            tasks.append(spawn(batcher, i))
+            await asyncio.sleep(0.01)
+        await asyncio.gather(*tasks)
+        assert engine.batches == [list(range(10))]
+        await batcher.stop()
+
+    run(main())
+
+
 def test_expired_item_is_not_computed() -> None:
     async def main() -> None:
         engine = Engine(gated=True)
-        batcher = Batcher(engine, BatchSettings(max_batch_size=1, max_delay_s=NEVER))
+        batcher = Batcher(
+            engine, BatchSettings(max_batch_size=1, max_delay_s=NEVER, max_gap_s=NEVER)
+        )
         batcher.start()
         first = spawn(batcher, 1)
         await until(lambda: len(engine.batches) == 1)  # engine busy with the first item
@@ -161,7 +227,9 @@ def test_expired_item_is_not_computed() -> None:
 def test_cancelled_caller_is_dropped_while_queued() -> None:
     async def main() -> None:
         engine = Engine(gated=True)
-        batcher = Batcher(engine, BatchSettings(max_batch_size=1, max_delay_s=NEVER))
+        batcher = Batcher(
+            engine, BatchSettings(max_batch_size=1, max_delay_s=NEVER, max_gap_s=NEVER)
+        )
         batcher.start()
         first = spawn(batcher, 1)
         await until(lambda: len(engine.batches) == 1)  # engine busy, the rest must queue
@@ -180,7 +248,9 @@ def test_cancelled_caller_is_dropped_while_queued() -> None:
 def test_cancelled_caller_is_dropped_from_an_open_batch() -> None:
     async def main() -> None:
         engine = Engine()
-        batcher = Batcher(engine, BatchSettings(max_batch_size=10, max_delay_s=NEVER))
+        batcher = Batcher(
+            engine, BatchSettings(max_batch_size=10, max_delay_s=NEVER, max_gap_s=NEVER)
+        )
         first, gone, kept = spawn(batcher, 1), spawn(batcher, 2), spawn(batcher, 3)
         await until(lambda: batcher.queue_depth == 3)
         batcher.start()
@@ -219,7 +289,9 @@ def test_result_count_mismatch_fails_every_caller() -> None:
         return items[:-1]
 
     async def main() -> None:
-        batcher = Batcher(short, BatchSettings(max_batch_size=2, max_delay_s=NEVER))
+        batcher = Batcher(
+            short, BatchSettings(max_batch_size=2, max_delay_s=NEVER, max_gap_s=NEVER)
+        )
         tasks = [spawn(batcher, 1), spawn(batcher, 2)]
         batcher.start()
         for task in tasks:
@@ -237,7 +309,9 @@ def test_process_error_reaches_its_batch_and_loop_goes_on() -> None:
         return [item.upper() for item in items]
 
     async def main() -> None:
-        batcher = Batcher(flaky, BatchSettings(max_batch_size=2, max_delay_s=NEVER))
+        batcher = Batcher(
+            flaky, BatchSettings(max_batch_size=2, max_delay_s=NEVER, max_gap_s=NEVER)
+        )
         tasks = [spawn(batcher, "bad"), spawn(batcher, "x")]
         batcher.start()
         for task in tasks:
@@ -253,7 +327,9 @@ def test_process_error_reaches_its_batch_and_loop_goes_on() -> None:
 def test_stop_drains_accepted_items_then_refuses() -> None:
     async def main() -> None:
         engine = Engine(gated=True)
-        batcher = Batcher(engine, BatchSettings(max_batch_size=1, max_delay_s=NEVER))
+        batcher = Batcher(
+            engine, BatchSettings(max_batch_size=1, max_delay_s=NEVER, max_gap_s=NEVER)
+        )
         batcher.start()
         tasks = [spawn(batcher, i) for i in range(3)]
         await until(lambda: len(engine.batches) == 1 and batcher.queue_depth == 2)
@@ -274,7 +350,9 @@ def test_stop_drains_accepted_items_then_refuses() -> None:
 def test_stop_without_drain_fails_what_is_left() -> None:
     async def main() -> None:
         engine = Engine(gated=True)
-        batcher = Batcher(engine, BatchSettings(max_batch_size=1, max_delay_s=NEVER))
+        batcher = Batcher(
+            engine, BatchSettings(max_batch_size=1, max_delay_s=NEVER, max_gap_s=NEVER)
+        )
         batcher.start()
         tasks = [spawn(batcher, i) for i in range(3)]
         await until(lambda: len(engine.batches) == 1 and batcher.queue_depth == 2)
