@@ -31,7 +31,7 @@ class BatchSettings:
     max_delay_s: float = 0.005
     # A batch also closes once no item has arrived for this long: a lone request does not wait
     # out the whole delay, while a burst of arrivals (many clients) still fills the batch.
-    max_gap_s: float = 0.001
+    max_gap_s: float = 0.002
     max_queue: int = 1024  # items waiting, not counting the batch being processed
     retry_after_s: float = 1.0  # advice given with QueueFull
 

@@ -30,7 +30,7 @@ OPTIONS = [
     Option("max_batch_size", int, 64, "sequences per batch, at most"),
     Option("max_batch_ids", int, 65536, "ids per batch, at most"),
     Option("max_delay_ms", float, 5.0, "how long a batch waits for more requests, from its oldest"),
-    Option("max_gap_ms", float, 1.0, "a batch also closes when no request came for this long"),
+    Option("max_gap_ms", float, 2.0, "a batch also closes when no request came for this long"),
     Option("max_queue", int, 1024, "sequences waiting for a batch; beyond it, 503 + Retry-After"),
     Option("retry_after_s", float, 1.0, "the Retry-After given with a 503 for a full queue"),
     Option("request_timeout_s", float, 30.0, "deadline of a request; past it, 504"),

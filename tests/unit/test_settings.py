@@ -19,7 +19,7 @@ def test_defaults_bind_loopback() -> None:
     s = from_args(parse())
     assert (s.host, s.port) == ("127.0.0.1", 8080)
     assert s.batch.max_batch_size == 64 and s.batch.max_delay_s == 0.005
-    assert s.batch.max_gap_s == 0.001
+    assert s.batch.max_gap_s == 0.002
 
 
 def test_environment_then_flags(monkeypatch: pytest.MonkeyPatch) -> None:
