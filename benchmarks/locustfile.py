@@ -1,11 +1,13 @@
 """Locust load on a seqserve front with `seqserve bench`'s request mix (serving.bench.mix).
 
-Locust is not part of the pinned set: install it beside the project yourself. Each user sends
+Locust is pinned in constraints.txt and installed by `make` (the dev extra); a test runs this
+file headless against a real server (tests/bench/test_locust.py). Each user sends
 pre-encoded single-sequence bodies back to back (no wait: a closed loop like `seqserve bench`,
 so users = concurrency), half JSON and half msgpack, reported as two request names. Locust
 checks statuses only; `seqserve bench` also checks the answers bit for bit.
 
-    locust -f benchmarks/locustfile.py --headless -u 32 -r 8 -t 60s --host http://127.0.0.1:8080
+    .venv/bin/locust -f benchmarks/locustfile.py --headless -u 32 -r 8 -t 60s \
+        --host http://127.0.0.1:8080
 
 Environment (all optional):
     SEQSERVE_BENCH_TOKEN        bearer token (TorchServe: the inference key in key_file.json)
