@@ -58,6 +58,7 @@ def _torchserve(args: argparse.Namespace) -> int:
     return run(
         _spec(args),
         workdir,
+        host=args.host,
         port=args.port,
         management_port=args.management_port,
         metrics_port=args.metrics_port,
@@ -102,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     arch.set_defaults(run=_archive)
     ts = sub.add_parser("torchserve", help="archive a model and serve it with TorchServe (Java 17)")
     _batching_flags(ts)
+    ts.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address for inference and metrics (default 127.0.0.1; management stays on it)",
+    )
     ts.add_argument("--port", type=int, default=8080, help="inference port (default 8080)")
     ts.add_argument("--management-port", type=int, default=8081)
     ts.add_argument("--metrics-port", type=int, default=8082)

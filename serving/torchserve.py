@@ -20,7 +20,7 @@ from serving.engine import weights
 from serving.errors import SpecError
 
 ROOT = Path(__file__).resolve().parents[1]
-TEMPLATES = ROOT / "model_store"
+TEMPLATES = Path(__file__).resolve().parent / "templates"  # package data: in the wheel too
 HANDLER = ROOT / "handler" / "seqserve_handler.py"
 PACKAGE = ROOT / "serving"
 
@@ -82,10 +82,20 @@ def archive(
     return export_path / f"{spec.name}.mar"
 
 
+def config_properties(host: str, port: int, management_port: int, metrics_port: int) -> str:
+    """TorchServe's config.properties: inference and metrics on `host`, management on loopback."""
+    return (
+        (TEMPLATES / "config.properties")
+        .read_text()
+        .format(host=host, port=port, management_port=management_port, metrics_port=metrics_port)
+    )
+
+
 def run(
     spec: ModelSpec,
     workdir: Path,
     *,
+    host: str = "127.0.0.1",
     port: int = 8080,
     management_port: int = 8081,
     metrics_port: int = 8082,
@@ -105,11 +115,7 @@ def run(
         max_batch_delay_ms=max_batch_delay_ms,
         device_type=device,
     )
-    props = (
-        (TEMPLATES / "config.properties")
-        .read_text()
-        .format(port=port, management_port=management_port, metrics_port=metrics_port)
-    )
+    props = config_properties(host, port, management_port, metrics_port)
     (workdir / "config.properties").write_text(props)
     # TMPDIR keeps TorchServe's pid file per run, so several can run side by side; raw request
     # bytes reach the handler (TS_DECODE_INPUT_REQUEST=false) so both fronts decode alike.

@@ -151,8 +151,12 @@ def test_torchserve_serves_the_demo_and_its_health_check_passes(tmp_path: Path) 
     svc = service("torchserve")
     workdir, port = tmp_path / "torchserve", free_port()
     home = "/home/seqserve/torchserve"
-    # Compose's command and environment; outside a container only the folder and ports differ.
-    command = [w.replace(home, str(workdir)) for w in svc["command"]]
+    # Compose's command and environment; outside a container only the folder, the address and
+    # the ports differ.
+    command = [
+        ("127.0.0.1" if w == "0.0.0.0" else w.replace(home, str(workdir))) for w in svc["command"]
+    ]
+    assert "0.0.0.0" in svc["command"], "the command binds 0.0.0.0 in the container"
     command += ["--port", str(port), "--management-port", str(free_port())]
     command += ["--metrics-port", str(free_port())]
     proc = subprocess.Popen(

@@ -8,14 +8,14 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-import serving
-import serving.torchserve
+from serving.torchserve import config_properties
 from tests.docker.files import (
     DOCKER,
     DOCKERFILES,
@@ -26,13 +26,13 @@ from tests.docker.files import (
     ignored,
     inherited,
     instructions,
+    service,
     stage,
     stages,
 )
 
 CPU, CUDA = DOCKERFILES
 RUNTIME = [(CPU, "api"), (CPU, "torchserve"), (CPU, "loadgen"), (CUDA, "api")]
-SITE = "/opt/venv/lib/python{}/site-packages"
 DESIGN = ROOT.parent / "shared" / "DESIGN.md"
 
 
@@ -210,7 +210,7 @@ def test_servers_have_a_ping_health_check_and_bind_0_0_0_0(path: Path, name: str
     if name == "api":
         assert cmd.exec_form() == ["seqserve", "serve", "--host", "0.0.0.0"]
     else:
-        assert cmd.exec_form()[:2] == ["seqserve", "torchserve"]
+        assert cmd.exec_form()[:4] == ["seqserve", "torchserve", "--host", "0.0.0.0"]
 
 
 def test_the_default_target_is_the_api() -> None:
@@ -218,24 +218,26 @@ def test_the_default_target_is_the_api() -> None:
         assert stages(path)[-1].name == "api", path.name
 
 
-def test_torchserve_templates_land_where_the_installed_package_reads_them() -> None:
-    # serving/torchserve.py reads model_store/ beside the package; the wheel lacks it.
-    site = Path(serving.__file__).resolve().parents[1]
-    rel = serving.torchserve.TEMPLATES.relative_to(site).as_posix()
-    source = (ROOT / "serving" / "torchserve.py").read_text()
-    read = set(re.findall(r'TEMPLATES / "([^"]+)"', source))
+def test_the_wheel_carries_the_torchserve_templates_and_the_handler(tmp_path: Path) -> None:
+    # The images install the wheel: `seqserve archive` and `seqserve torchserve` read these.
+    source = tmp_path / "source"
+    for part in ("serving", "handler"):
+        shutil.copytree(ROOT / part, source / part, ignore=shutil.ignore_patterns("__pycache__"))
+    for part in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / part, source / part)
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+         "-w", str(tmp_path / "dist"), str(source)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert build.returncode == 0, build.stderr[-3000:]
+    (wheel,) = (tmp_path / "dist").glob("seqserve-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    code = (ROOT / "serving" / "torchserve.py").read_text()
+    read = set(re.findall(r'TEMPLATES / "([^"]+)"', code))
     assert read == {"config.properties", "model-config.yaml"}
-    for path, name in RUNTIME:
-        want = f"{SITE.format(python_minor(path))}/{rel}/"
-        placed = set()
-        s: Stage | None = stage(path, name)
-        by_name = {x.name: x for x in stages(path)}
-        while s is not None:
-            for flags, sources, dest in copies_of(path, s.name):
-                if "from" not in flags and dest.startswith(want):
-                    placed |= {dest.removeprefix(want) or Path(x).name for x in sources}
-            s = by_name.get(s.image)
-        assert read <= placed, (path.name, name, placed)
+    assert {f"serving/templates/{name}" for name in read} <= names
+    assert "handler/seqserve_handler.py" in names
 
 
 def properties(text: str) -> dict[str, str]:
@@ -243,23 +245,20 @@ def properties(text: str) -> dict[str, str]:
     return {k.strip(): v.strip() for k, v in pairs}
 
 
-def test_the_container_torchserve_config_differs_from_the_local_one_only_in_addresses() -> None:
-    ports = {"port": 8080, "management_port": 8081, "metrics_port": 8082}
-    local = properties((ROOT / "model_store" / "config.properties").read_text().format(**ports))
-    box = properties((DOCKER / "torchserve" / "config.properties").read_text().format(**ports))
-    assert box.keys() == local.keys()
+def test_the_torchserve_container_opens_inference_and_metrics_only() -> None:
+    local = properties(config_properties("127.0.0.1", 8080, 8081, 8082))
+    box = properties(config_properties("0.0.0.0", 8080, 8081, 8082))
     assert box["inference_address"] == "http://0.0.0.0:8080"
     assert box["metrics_address"] == "http://0.0.0.0:8082"
     assert box["management_address"] == local["management_address"] == "http://127.0.0.1:8081"
-    addresses = {"inference_address", "metrics_address"}
-    assert {k: v for k, v in box.items() if k not in addresses} == {
-        k: v for k, v in local.items() if k not in addresses
-    }
-    assert box["enable_model_api"] == "false"
-    # The torchserve image lays it over the loopback template, under the same name.
-    (copy,) = copies_of(CPU, "torchserve")
-    assert copy[1] == ["docker/torchserve/config.properties"]
-    assert copy[2].endswith("/model_store/config.properties")
+    assert local["inference_address"] == "http://127.0.0.1:8080"
+    assert box["enable_model_api"] == local["enable_model_api"] == "false"
+    assert box["allowed_urls"] == "file://.*"
+    # The image and the compose service ask for 0.0.0.0 on the command line.
+    cmd = inherited(CPU, "torchserve", "CMD")
+    assert cmd is not None
+    assert cmd.exec_form()[:4] == ["seqserve", "torchserve", "--host", "0.0.0.0"]
+    assert service("torchserve")["command"][:4] == ["seqserve", "torchserve", "--host", "0.0.0.0"]
 
 
 def test_the_torchserve_image_has_java_17_from_debian() -> None:
