@@ -90,6 +90,14 @@ def test_404s(server: Server) -> None:
     )
     error(server.client.get("/models/other"), 404, "UnknownModel", "'other'")
     error(server.client.get("/no/such/path"), 404, "NotFound", "/no/such/path")
+    error(server.client.post("/predictions/small/extra", json={}), 404, "NotFound", "/extra")
+
+
+def test_405_names_the_allowed_method(server: Server) -> None:
+    r = server.client.get("/predictions/small")
+    error(r, 405, "MethodNotAllowed", "/predictions/small")
+    assert r.headers["allow"] == "POST"
+    assert server.client.post("/ping").status_code == 405  # FastAPI's routes say so too
 
 
 def test_415(server: Server) -> None:

@@ -1,0 +1,134 @@
+"""The predictions route as plain ASGI, driven with fake receive/send and a fake engine: the
+cases a real server cannot be made to show on demand (a bug of ours, a client gone mid-wait)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+import orjson
+
+from serving.batching import Batcher, BatchSettings
+from serving.demo import demo_spec
+from serving.metrics import Metrics
+from serving.predict import ROUTE, Predictions
+from serving.settings import ServerSettings
+
+SPEC = demo_spec()
+BODY = orjson.dumps({"features": {"item_id": [1, 2]}})
+Process = Callable[[list[Any]], Awaitable[list[Any]]]
+
+
+async def rows(items: list[Any]) -> list[Any]:
+    return [{f: np.zeros((len(ids), SPEC.embedding_dim), np.float32) for f, ids in r.items()}
+            for r in items]  # fmt: skip
+
+
+def call(
+    method: str,
+    path: str,
+    process: Process = rows,
+    messages: list[dict[str, Any]] | None = None,
+) -> tuple[list[dict[str, Any]], list[str], Metrics]:
+    """One request through `Predictions`: what it sent, which requests fell through to the
+    app behind it, and its metrics."""
+
+    async def main() -> tuple[list[dict[str, Any]], list[str], Metrics]:
+        metrics = Metrics(queue_depth=lambda: 0, ranks_ready=lambda: 2)
+        batcher: Batcher[Any, Any] = Batcher(process, BatchSettings(max_delay_s=0.001))
+        batcher.start()
+        inbox = list(messages or [{"type": "http.request", "body": BODY, "more_body": False}])
+        sent: list[dict[str, Any]] = []
+        passed: list[str] = []
+
+        async def receive() -> dict[str, Any]:
+            if inbox:
+                return inbox.pop(0)
+            await asyncio.sleep(3600)  # the client stays, silent
+            raise AssertionError("unreachable")
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            passed.append(scope["path"])
+
+        route = Predictions(
+            app, spec=SPEC, settings=ServerSettings(), batcher=batcher,
+            ready=lambda: True, metrics=metrics,
+        )  # fmt: skip
+        scope = {
+            "type": "http", "method": method, "path": path,
+            "headers": [(b"content-type", b"application/json")],
+        }  # fmt: skip
+        await asyncio.wait_for(route(scope, receive, send), timeout=5)
+        await batcher.stop()
+        return sent, passed, metrics
+
+    return asyncio.run(main())
+
+
+def reply(sent: list[dict[str, Any]]) -> tuple[int, dict[bytes, bytes], dict[str, Any]]:
+    start, body = sent
+    return start["status"], dict(start["headers"]), orjson.loads(body["body"])
+
+
+def test_an_answer_is_sent_with_its_length_and_counted() -> None:
+    sent, passed, metrics = call("POST", f"/predictions/{SPEC.name}")
+    status, headers, doc = reply(sent)
+    assert status == 200 and passed == []
+    assert len(doc["embeddings"]["item_id"]) == 2
+    assert int(headers[b"content-length"]) == len(sent[1]["body"])
+    assert metrics.answered(ROUTE) == {"200": 1}
+
+
+def test_a_bug_of_ours_is_a_500_in_the_contract_shape() -> None:
+    async def broken(items: list[Any]) -> list[Any]:
+        raise KeyError("a bug")
+
+    sent, _, metrics = call("POST", f"/predictions/{SPEC.name}", broken)
+    status, headers, doc = reply(sent)
+    assert (status, doc["code"], doc["type"]) == (500, 500, "InternalError")
+    assert "KeyError" in doc["message"] and headers[b"content-type"] == b"application/json"
+    assert metrics.answered(ROUTE) == {"500": 1}
+
+
+def test_other_methods_get_405_naming_post() -> None:
+    sent, passed, _ = call("GET", f"/predictions/{SPEC.name}")
+    status, headers, doc = reply(sent)
+    assert (status, doc["type"], headers[b"allow"]) == (405, "MethodNotAllowed", b"POST")
+    assert passed == []
+
+
+def test_other_paths_fall_through_to_fastapi() -> None:
+    for path in ("/ping", "/predictions/", "/predictions/a/b", "/models/demo"):
+        sent, passed, _ = call("POST", path)
+        assert sent == [] and passed == [path]
+
+
+def test_a_client_gone_before_its_batch_is_counted_and_not_answered() -> None:
+    computed: list[Any] = []
+
+    async def slow(items: list[Any]) -> list[Any]:
+        computed.append(items)
+        return await rows(items)
+
+    messages = [
+        {"type": "http.request", "body": BODY, "more_body": False},
+        {"type": "http.disconnect"},  # what receive() gives once the client hangs up
+    ]
+    sent, _, metrics = call("POST", f"/predictions/{SPEC.name}", slow, messages)
+    assert sent == [] and computed == []  # dropped before its batch ran
+    assert metrics.answered(ROUTE) == {"499": 1}
+
+
+def test_a_body_in_several_chunks_is_joined() -> None:
+    half = len(BODY) // 2
+    messages = [
+        {"type": "http.request", "body": BODY[:half], "more_body": True},
+        {"type": "http.request", "body": BODY[half:], "more_body": False},
+    ]
+    sent, _, _ = call("POST", f"/predictions/{SPEC.name}", messages=messages)
+    assert reply(sent)[0] == 200
