@@ -59,16 +59,24 @@ def torch_threads(n: int) -> Iterator[int]:
         torch.set_num_threads(before)
 
 
-def _rate(step: Callable[[int], int], count: int, seconds: float) -> tuple[float, int, float]:
+def _rate(
+    step: Callable[[int], int], count: int, seconds: float, batch: int, threads: int
+) -> dict[str, Any]:
     """Call step(k) over k = 0, 1, ... (cycling through `count`) for at least `seconds` and
-    at least `count` calls, after one unmeasured call; returns (ids/s, calls, elapsed s)."""
+    at least `count` calls, after one unmeasured call: a reference line's figures."""
     step(0)
     ids = calls = 0
     t0 = time.perf_counter()
     while (elapsed := time.perf_counter() - t0) < seconds or calls < count:
         ids += step(calls % count)
         calls += 1
-    return ids / elapsed if elapsed > 0 else 0.0, calls, elapsed
+    return {
+        "ids_s": ids / elapsed if elapsed > 0 else 0.0,
+        "batches": calls,
+        "seconds": elapsed,
+        "batch_requests": batch,
+        "threads": threads,
+    }
 
 
 def unsharded_rate(
@@ -89,15 +97,11 @@ def unsharded_rate(
         return sum(int(v.shape[0]) for v in out.values())
 
     with torch_threads(threads) as used:
-        ids_s, calls, elapsed = _rate(step, len(groups), seconds)
+        figures = _rate(step, len(groups), seconds, batch, used)
     return {
         "name": f"unsharded EmbeddingCollection, {used} thread{'s' if used > 1 else ''}",
         "what": f"collate + KJT + forward, {batch} requests a batch, in process",
-        "ids_s": ids_s,
-        "batches": calls,
-        "seconds": elapsed,
-        "batch_requests": batch,
-        "threads": used,
+        **figures,
     }
 
 
@@ -114,18 +118,14 @@ def sharded_rate(
         return sum(int(v.shape[0]) for a in engine.forward(groups[k]) for v in a.values())
 
     try:
-        ids_s, calls, elapsed = _rate(step, len(groups), seconds)
+        figures = _rate(step, len(groups), seconds, batch, engine.threads)
     finally:
         engine.close()
     world = spec.sharding.world_size
     return {
         "name": f"sharded engine, {world} rank{'s' if world > 1 else ''}",
         "what": f"collate + rank group forward + split, {batch} requests a batch, no HTTP",
-        "ids_s": ids_s,
-        "batches": calls,
-        "seconds": elapsed,
-        "batch_requests": batch,
-        "threads": engine.threads,
+        **figures,
     }
 
 
@@ -149,18 +149,14 @@ def gather_rate(
         return int(groups[k].shape[0])
 
     with torch_threads(1):
-        ids_s, calls, elapsed = _rate(step, len(groups), seconds)
+        figures = _rate(step, len(groups), seconds, batch, 1)
     return {
         "name": "index_select, 1 core",
         "what": (
             f"torch.index_select on float32 [{largest.num_embeddings}, {largest.embedding_dim}]"
             f" ('{largest.name}'), its features' ids, {batch} requests a batch"
         ),
-        "ids_s": ids_s,
-        "batches": calls,
-        "seconds": elapsed,
-        "batch_requests": batch,
-        "threads": 1,
+        **figures,
     }
 
 
