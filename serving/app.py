@@ -24,7 +24,7 @@ from serving.batching import Batcher
 from serving.config import ModelSpec
 from serving.errors import SeqServeError, Unauthorized, UnknownModel
 from serving.metrics import Metrics
-from serving.predict import Predictions, bearer_ok, error_reply, seqserve_error_reply
+from serving.predict import Predictions, error_reply, seqserve_error_reply, token_ok
 from serving.schemas import error_responses, predict_openapi
 from serving.settings import ServerSettings
 
@@ -140,8 +140,8 @@ def create_app(
     async def authorized(
         credentials: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
     ) -> None:
-        given = f"Bearer {credentials.credentials}".encode() if credentials else None
-        if not bearer_ok(given, token):
+        given = credentials.credentials.encode() if credentials else b""
+        if not token_ok(given, token):
             raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
 
     # Dependencies cost per request in FastAPI: attach the token check only when there is one.

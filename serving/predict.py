@@ -61,12 +61,15 @@ def seqserve_error_reply(error: SeqServeError, retry_after: float) -> Reply:
     return error_reply(http_status(error), type(error).__name__, str(error), retry_after)
 
 
-def bearer_ok(authorization: bytes | None, token: bytes) -> bool:
-    scheme, _, given = (authorization or b"").partition(b" ")
-    if scheme.lower() != b"bearer":
-        given = b""
+def token_ok(given: bytes, token: bytes) -> bool:
     # compare_digest: the time taken says nothing about how much of the token matched.
-    return hmac.compare_digest(given.strip(), token)
+    return hmac.compare_digest(given, token)
+
+
+def bearer_ok(authorization: bytes | None, token: bytes) -> bool:
+    """An `Authorization: Bearer <token>` header carrying `token`."""
+    scheme, _, given = (authorization or b"").partition(b" ")
+    return scheme.lower() == b"bearer" and token_ok(given.strip(), token)
 
 
 class Predictions:
