@@ -1,10 +1,12 @@
-"""Sharded engine (2 CPU ranks) beside the unsharded in-process EmbeddingCollection.
+"""Engines side by side: unsharded EmbeddingCollection, local engine, distributed engine and
+one core's index_select, on the demo model (3 features over 2 tables, dim 64, column-wise
+[0,1,0,1] / [1,0,1,0] over 2 ranks) and the same requests.
 
-Same weights, same requests; both paths include collate and split, so the ratio is what
-sharding costs end to end. Measurements are interleaved (unsharded, split, one, unsharded,
-...) so drift on a shared machine hits every column alike; each cell is a median.
+Every path but index_select includes collate and split, so a ratio is what sharding costs end
+to end. Measurements are interleaved (each rep runs every path once, in turn) so drift on a
+shared machine hits every column alike; each cell is a median.
 
-    .venv/bin/python benchmarks/engine_bench.py [--sizes 256,1024,4096,8192] [--reps 7]
+    .venv/bin/python benchmarks/engine_bench.py [--sizes 1,32,256,4096,8192] [--reps 15]
 """
 
 from __future__ import annotations
@@ -13,15 +15,21 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 
 from serving.bench.reference import unsharded_rows
 from serving.demo import demo_spec
 from serving.engine import model, weights
-from serving.engine.sharded import ShardedEngine
+from serving.engine.distributed.driver import DistributedEngine
+from serving.engine.local.engine import LocalEngine
 from serving.split import split
+
+PATHS = ("unsharded", "local", "distributed", "index_select_1core")
 
 
 def make_requests(spec, count: int, mean_len: int, rng) -> list[dict[str, np.ndarray]]:
@@ -32,81 +40,122 @@ def make_requests(spec, count: int, mean_len: int, rng) -> list[dict[str, np.nda
     ]
 
 
-def unsharded_forward(ec, spec, rows, reqs):
-    batch, outputs = unsharded_rows(ec, spec.features, rows, reqs)
-    return split(batch, {k: v.numpy() for k, v in outputs.items()}, reqs)
+def gather_1core(table: torch.Tensor, reqs) -> Callable[[], object]:
+    """One core's raw row gather of the same number of rows from a table of the same width."""
+    ids = torch.from_numpy(np.concatenate([v for r in reqs for v in r.values()]) % len(table))
+
+    def run() -> object:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return torch.index_select(table, 0, ids)
+        finally:
+            torch.set_num_threads(threads)
+
+    return run
 
 
-def timed(fn, reqs) -> float:
+def timed(fn: Callable[[], object]) -> float:
     t = time.perf_counter()
-    fn(reqs)
+    fn()
     return time.perf_counter() - t
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="256,1024,4096,8192")
-    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--sizes", default="1,32,256,4096,8192")
+    ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--mean-len", type=int, default=20)
+    ap.add_argument("--no-distributed", action="store_true", help="skip the DMP rank group")
+    ap.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu, or cuda: the unsharded model and both engines on GPUs (the local engine "
+        "puts rank r on cuda:(r % gpus); the distributed one needs a GPU per rank)",
+    )
     ap.add_argument("--out", default="benchmarks/results/engine_bench.json")
     args = ap.parse_args()
 
-    spec = demo_spec()  # 3 features over 2 tables, dim 64, CW [0,1,0,1] / [1,0,1,0] on 2 ranks
+    spec = demo_spec()
     rows = {f: t.num_embeddings for f, t in spec.table_of().items()}
-    ec = model.unsharded(spec, weights.full_tables(spec))
+    tables = weights.full_tables(spec)
+    device = torch.device(args.device)
+    ec = model.unsharded(spec, tables).to(device)
     rng = np.random.default_rng(0)
-    sizes = [int(s) for s in args.sizes.split(",")]
-    engines = {m: ShardedEngine(spec, dispatch=m) for m in ("split", "one")}
-    for e in engines.values():
-        e.start()
-    paths = {"unsharded": lambda r: unsharded_forward(ec, spec, rows, r)}
-    paths.update({m: e.forward for m, e in engines.items()})
-    results = []
+    local = LocalEngine(spec, device=args.device)
+    local.start()
+    dist = None if args.no_distributed else DistributedEngine(spec, device=args.device)
+    if dist is not None:
+        dist.start()
+    results: list[dict[str, Any]] = []
     try:
-        for size in sizes:
+        for size in [int(s) for s in args.sizes.split(",")]:
             reqs = make_requests(spec, size, args.mean_len, rng)
             ids = sum(len(v) for r in reqs for v in r.values())
+            paths: dict[str, Callable[[], object]] = {
+                "unsharded": lambda reqs=reqs: split(
+                    *_as_numpy(unsharded_rows(ec, spec.features, rows, reqs, device)), reqs
+                ),
+                "local": lambda reqs=reqs: local.forward(reqs),
+                "index_select_1core": gather_1core(tables["items"], reqs),
+            }
+            if dist is not None:
+                paths["distributed"] = lambda reqs=reqs: dist.forward(reqs)
             times: dict[str, list[float]] = {p: [] for p in paths}
             for fn in paths.values():
-                fn(reqs)  # warm: buffers grow to this size once
+                fn()  # warm: buffers grow to this size once
             for _ in range(args.reps):
                 for p, fn in paths.items():
-                    times[p].append(timed(fn, reqs))
-            row = {"sequences": size, "ids": ids}
-            for m, e in engines.items():
-                e.forward(reqs)
-                row[f"{m}_stages_ms"] = {k: v * 1e3 for k, v in e.last_timings.items()}
+                    times[p].append(timed(fn))
+            row: dict[str, Any] = {"sequences": size, "ids": ids}
+            local.forward(reqs)
+            row["local_stages_ms"] = {k: v * 1e3 for k, v in local.last_timings.items()}
             for p, ts in times.items():
                 row[f"{p}_ms"] = statistics.median(ts) * 1e3
                 row[f"{p}_ids_per_s"] = ids / statistics.median(ts)
             results.append(row)
             print(f"measured {size} sequences ({ids} ids)", flush=True)
     finally:
-        for e in engines.values():
-            e.close()
-
-    print()
-    print(
-        "| requests/batch | ids/batch | unsharded ids/s | sharded split ids/s | ratio | "
-        "sharded one-rank ids/s | ratio |"
-    )
-    print("|---:|---:|---:|---:|---:|---:|---:|")
-    for r in results:
-        u, sp, one = (r[f"{p}_ids_per_s"] for p in ("unsharded", "split", "one"))
-        print(
-            f"| {r['sequences']} | {r['ids']} | {u / 1e6:.2f} M | {sp / 1e6:.2f} M "
-            f"| {sp / u:.2f}x | {one / 1e6:.2f} M | {one / u:.2f}x |"
-        )
-    print("\nWhere the sharded time goes (ms, one batch; lookup = input dist + fused lookup +")
-    print("output dist + stitch, the slowest rank; ranks = driver waiting on all ranks):")
-    for r in results:
-        for m in engines:
-            stages = ", ".join(f"{k[:-2]} {v:.1f}" for k, v in r[f"{m}_stages_ms"].items())
-            print(f"  {r['sequences']:>5} {m:>5}: total {r[f'{m}_ms']:.1f} | {stages}")
+        local.close()
+        if dist is not None:
+            dist.close()
+    report(results)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"results": results, "reps": args.reps}, indent=2))
     print(f"\nwrote {out}")
+
+
+def _as_numpy(pair):
+    batch, outputs = pair
+    return batch, {k: v.cpu().numpy() for k, v in outputs.items()}
+
+
+def report(results: list[dict[str, Any]]) -> None:
+    def rate(r: dict[str, Any], p: str) -> str:
+        v = r.get(f"{p}_ids_per_s")
+        return "—" if v is None else f"{v / 1e6:.2f} M"
+
+    def ratio(r: dict[str, Any], p: str) -> str:
+        v = r.get(f"{p}_ids_per_s")
+        return "—" if v is None else f"{v / r['unsharded_ids_per_s']:.2f}x"
+
+    print()
+    print(
+        "| requests/batch | ids/batch | unsharded ids/s | local ids/s | local/unsharded | "
+        "distributed ids/s | distributed/unsharded | index_select 1 core |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        print(
+            f"| {r['sequences']} | {r['ids']} | {rate(r, 'unsharded')} | {rate(r, 'local')} "
+            f"| **{ratio(r, 'local')}** | {rate(r, 'distributed')} | {ratio(r, 'distributed')} "
+            f"| {rate(r, 'index_select_1core')} |"
+        )
+    print("\nLocal engine stages (ms, one batch):")
+    for r in results:
+        stages = ", ".join(f"{k[:-2]} {v:.3f}" for k, v in r["local_stages_ms"].items())
+        print(f"  {r['sequences']:>5}: total {r['local_ms']:.3f} | {stages}")
 
 
 if __name__ == "__main__":

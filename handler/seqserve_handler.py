@@ -1,14 +1,19 @@
-"""TorchServe handler: a thin adapter over `serving` for TorchServe's torchrun (tp) workers.
+"""TorchServe handler: a thin adapter over `serving`, for either engine.
 
-TorchServe starts `nproc-per-node` processes with torchrun and sends every batch to every one
-of them; only rank 0's reply goes back to the clients. So rank 0 looks up the whole batch and
-the other ranks join each collective with an empty one: no lookup is done twice.
+`local` (the default): one worker holds the local engine, which drives every rank's kernels;
+no torchrun, no process group.
+
+`distributed`: TorchServe starts `nproc-per-node` processes with torchrun (`parallelType: tp`)
+and sends every batch to every one of them; only rank 0's reply goes back to the clients. So
+rank 0 looks up the whole batch and the other ranks join each collective with an empty one: no
+lookup is done twice.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +22,13 @@ import torch
 import torch.distributed as dist
 
 from serving import codec
-from serving.collate import collate
+from serving.collate import Request, collate
 from serving.config import ModelSpec, load_spec
 from serving.engine import model as model_lib
 from serving.engine import weights
-from serving.engine.lookup import idle_batch, lookup, warm_up
+from serving.engine.base import Answer, default_device
+from serving.engine.distributed.lookup import idle_batch, lookup, warm_up
+from serving.engine.local.engine import LocalEngine
 from serving.engine.quiet import quiet_torch_logs
 from serving.errors import InvalidInput, SeqServeError, http_status
 from serving.split import split
@@ -34,7 +41,8 @@ class SeqServeHandler:
         self.initialized = False
         self.rank = 0
         self.spec: ModelSpec | None = None
-        self.model: torch.nn.Module | None = None
+        self.engine: LocalEngine | None = None  # the local engine
+        self.model: torch.nn.Module | None = None  # the distributed engine: this rank's shards
         self.device = torch.device("cpu")
         self.limits = codec.Limits()
 
@@ -44,6 +52,23 @@ class SeqServeHandler:
         model_dir = Path(context.system_properties["model_dir"])
         # The spec may live outside the archive, for tables too big to zip.
         spec = load_spec(model_dir / options.get("spec", "model.yaml"))
+        if spec.sharding.engine == "local":
+            self.engine = LocalEngine(spec, device=default_device())
+            self.engine.start()
+        else:
+            self._join_group(spec)
+        self.limits = codec.Limits(
+            max_body_bytes=int(options.get("max_body_bytes", codec.Limits.max_body_bytes)),
+            max_ids_per_request=int(
+                options.get("max_ids_per_request", codec.Limits.max_ids_per_request)
+            ),
+            max_instances=int(options.get("max_instances", codec.Limits.max_instances)),
+        )
+        self.spec = spec
+        self.initialized = True
+        log.info("seqserve ready for '%s' (%s engine)", spec.name, spec.sharding.engine)
+
+    def _join_group(self, spec: ModelSpec) -> None:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world != spec.sharding.world_size:
             raise ValueError(
@@ -61,20 +86,10 @@ class SeqServeHandler:
         self.model = model_lib.shard(spec, self.device)
         weights.load(spec, self.model, self.rank)
         warm_up(spec, self.model, self.device)
-        self.limits = codec.Limits(
-            max_body_bytes=int(options.get("max_body_bytes", codec.Limits.max_body_bytes)),
-            max_ids_per_request=int(
-                options.get("max_ids_per_request", codec.Limits.max_ids_per_request)
-            ),
-            max_instances=int(options.get("max_instances", codec.Limits.max_instances)),
-        )
-        self.spec = spec
-        self.initialized = True
-        log.info("seqserve rank %d of %d ready for '%s'", self.rank, world, spec.name)
+        log.info("seqserve rank %d of %d joined", self.rank, world)
 
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[bytes]:
-        assert self.spec is not None and self.model is not None
-        spec = self.spec
+        assert self.spec is not None
         log.info("seqserve batch size %d", len(data))
         decoded: list[codec.Decoded | None] = []
         replies: list[bytes] = []
@@ -89,14 +104,13 @@ class SeqServeHandler:
         flat = [r for d in decoded if d is not None for r in d.requests]
         if not flat:
             return replies
-        rows = {f: t.num_embeddings for f, t in spec.table_of().items()}
-        batch = collate(flat, spec.features, rows)
-        if self.rank == 0:
-            values = lookup(self.model, self.device, batch.keys, batch.lengths, batch.values)
-            outputs = {k: v.cpu().numpy() for k, v in zip(batch.keys, values, strict=True)}
-            answers = iter(split(batch, outputs, flat))
+        if self.engine is not None:
+            answers = iter(self.engine.forward(flat))
+        elif self.rank == 0:
+            answers = iter(self._rank_zero(flat))
         else:
-            lookup(self.model, self.device, batch.keys, *idle_batch(batch.keys))
+            assert self.model is not None
+            lookup(self.model, self.device, self.spec.features, *idle_batch(self.spec.features))
             return replies  # TorchServe returns rank 0's replies only
         for i, d in enumerate(decoded):
             if d is None:
@@ -106,6 +120,15 @@ class SeqServeHandler:
             context.set_response_content_type(i, media)
             replies[i] = body
         return replies
+
+    def _rank_zero(self, flat: Sequence[Request]) -> list[Answer]:
+        """The whole batch through rank 0's sharded forward (its peers join with nothing)."""
+        assert self.spec is not None and self.model is not None
+        rows = {f: t.num_embeddings for f, t in self.spec.table_of().items()}
+        batch = collate(flat, self.spec.features, rows)
+        values = lookup(self.model, self.device, batch.keys, batch.lengths, batch.values)
+        outputs = {k: v.cpu().numpy() for k, v in zip(batch.keys, values, strict=True)}
+        return split(batch, outputs, flat)
 
     def _decode(self, row: dict[str, Any], content_type: str | None) -> codec.Decoded:
         assert self.spec is not None

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from fastapi import Depends, FastAPI, Path, Request, Response
@@ -22,6 +22,7 @@ from serving import codec
 from serving import predict as predict_route
 from serving.batching import Batcher
 from serving.config import ModelSpec
+from serving.engine.base import Answer, Engine
 from serving.errors import SeqServeError, Unauthorized, UnknownModel
 from serving.metrics import Metrics
 from serving.predict import Predictions, error_reply, seqserve_error_reply, token_ok
@@ -33,26 +34,6 @@ log = logging.getLogger("seqserve")
 HTTP_NAMES = {404: "NotFound", 405: "MethodNotAllowed", 400: "InvalidInput"}
 
 Ids = dict[str, np.ndarray]
-Answer = dict[str, np.ndarray]
-
-
-class Engine(Protocol):
-    spec: ModelSpec
-
-    @property
-    def device(self) -> str: ...
-
-    @property
-    def dispatch(self) -> str: ...
-
-    @property
-    def ready(self) -> bool: ...
-
-    def start(self) -> None: ...
-
-    def forward(self, requests: Sequence[Ids]) -> list[Answer]: ...
-
-    def close(self) -> None: ...
 
 
 def response(reply: predict_route.Reply) -> Response:
@@ -192,14 +173,15 @@ def document_predictions(app: FastAPI, spec: ModelSpec, secured: bool) -> None:
 
 
 def describe_model(engine: Engine) -> dict[str, Any]:
+    """The spec as served, the engine, and for every table where each shard lives."""
     spec = engine.spec
     plan = spec.plan()
+    served = engine.describe()
+    devices = served.pop("rank_devices")
     return {
         "name": spec.name,
-        "embedding_dim": spec.embedding_dim,
         "world_size": spec.sharding.world_size,
-        "device": engine.device,
-        "dispatch": engine.dispatch,
+        **served,
         "features": spec.features,
         "tables": [
             {
@@ -209,7 +191,8 @@ def describe_model(engine: Engine) -> dict[str, Any]:
                 "features": t.features,
                 "sharding": plan[t.name].kind,
                 "shards": [
-                    {"rank": s.rank, "columns": [s.start, s.end]} for s in plan[t.name].shards
+                    {"rank": s.rank, "columns": [s.start, s.end], "device": devices[s.rank]}
+                    for s in plan[t.name].shards
                 ],
             }
             for t in spec.tables

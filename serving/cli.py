@@ -22,7 +22,7 @@ def _demo_model(args: argparse.Namespace) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from serving.config import load_spec
     from serving.demo import demo_spec
-    from serving.engine.sharded import gpu_count
+    from serving.engine.base import gpu_count
     from serving.server import serve
     from serving.settings import from_args
 

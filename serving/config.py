@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -15,6 +15,10 @@ from serving.errors import SpecError
 NAME_RE = re.compile(r"^[a-z0-9_-]{1,64}$")
 # FBGEMM's fused sequence kernel works on shard widths that are a multiple of this.
 WIDTH_MULTIPLE = 4
+# local: one process drives every rank's kernels, no collectives (serving/engine/local);
+# distributed: TorchRec DistributedModelParallel rank processes (serving/engine/distributed)
+EngineKind = Literal["local", "distributed"]
+ENGINE_KINDS: tuple[str, ...] = get_args(EngineKind)
 
 
 class _Strict(BaseModel):
@@ -36,6 +40,7 @@ class TablePlacement(_Strict):
 class ShardingSpec(_Strict):
     world_size: int = Field(ge=1)
     tables: dict[str, TablePlacement] = Field(default_factory=dict)
+    engine: EngineKind = "local"
 
 
 class WeightsSpec(_Strict):

@@ -12,7 +12,7 @@ import uvicorn
 from serving.app import create_app
 from serving.config import ModelSpec
 from serving.engine import weights
-from serving.engine.sharded import ShardedEngine
+from serving.engine.base import create
 from serving.settings import ServerSettings
 
 
@@ -30,7 +30,7 @@ def banner(spec: ModelSpec, settings: ServerSettings) -> str:
     body = json.dumps(example_body(spec))
     return (
         f"seqserve: model '{spec.name}' ready on {url} "
-        f"({spec.sharding.world_size} ranks)\n"
+        f"({spec.sharding.world_size} ranks, {settings.engine or spec.sharding.engine} engine)\n"
         f"  curl -s -X POST {url}/predictions/{spec.name} "
         f"-H 'Content-Type: application/json' -d '{body}'\n"
         f"  health {url}/ping   spec {url}/models/{spec.name}   metrics {url}/metrics   "
@@ -48,9 +48,10 @@ def serve(spec: ModelSpec, settings: ServerSettings) -> int:
             flush=True,
         )
     # A hung rank must be noticed well within a request's deadline, so its callers get a 503.
-    engine = ShardedEngine(
+    engine = create(
         spec,
-        dispatch=settings.dispatch,  # type: ignore[arg-type]
+        settings.engine,
+        dispatch=settings.dispatch,
         batch_timeout=min(settings.rank_timeout_s, settings.request_timeout_s),
     )
     exit_code = 0
@@ -79,7 +80,11 @@ def serve(spec: ModelSpec, settings: ServerSettings) -> int:
     # that a no-op, so a graceful stop exits 0 instead of dying by the signal.
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: None)
-    print(f"seqserve: starting {spec.sharding.world_size} ranks for '{spec.name}' ...", flush=True)
+    print(
+        f"seqserve: starting {spec.sharding.world_size} ranks for '{spec.name}' "
+        f"({engine.kind} engine) ...",
+        flush=True,
+    )
     server.run()
     # What was answered, for whoever checks that a shutdown lost nothing (and for the logs).
     answered = app.state.metrics.answered("/predictions/{model}")

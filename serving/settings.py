@@ -10,6 +10,7 @@ from typing import Any
 
 from serving.batching import BatchSettings
 from serving.codec import Limits
+from serving.config import ENGINE_KINDS
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,13 @@ OPTIONS = [
     Option("max_body_bytes", int, 4 * 1024 * 1024, "request body size limit; beyond it, 413"),
     Option("max_ids_per_request", int, 16384, "ids in one HTTP request; beyond it, 413"),
     Option("max_instances", int, 256, "sequences in one `instances` request; beyond it, 413"),
-    Option("dispatch", str, "split", "how a batch reaches the ranks: split (a slice each) or one"),
+    Option("engine", str, "", "local or distributed (default: the spec's sharding.engine, local)"),
+    Option(
+        "dispatch",
+        str,
+        "split",
+        "distributed engine: how a batch reaches the ranks, split (a slice each) or one",
+    ),
     Option("auth_token", str, "", "bearer token required on predictions and metadata (none: open)"),
 ]
 
@@ -49,6 +56,7 @@ class ServerSettings:
     port: int = 8080
     request_timeout_s: float = 30.0
     rank_timeout_s: float = 10.0
+    engine: str = ""  # empty: the spec's
     dispatch: str = "split"
     auth_token: str = ""
     limits: Limits = field(default_factory=Limits)
@@ -76,11 +84,14 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
 def from_args(args: argparse.Namespace) -> ServerSettings:
     if args.dispatch not in ("split", "one"):
         raise ValueError(f"--dispatch must be split or one, not {args.dispatch!r}")
+    if args.engine not in ("", *ENGINE_KINDS):
+        raise ValueError(f"--engine must be local or distributed, not {args.engine!r}")
     return ServerSettings(
         host=args.host,
         port=args.port,
         request_timeout_s=args.request_timeout_s,
         rank_timeout_s=args.rank_timeout_s,
+        engine=args.engine,
         dispatch=args.dispatch,
         auth_token=args.auth_token,
         limits=Limits(

@@ -62,7 +62,7 @@ def archive(
                 max_batch_delay_ms=max_batch_delay_ms,
                 response_timeout_s=120,
                 device_type=device_type,
-                world_size=spec.sharding.world_size,
+                parallel=_parallel(spec),
                 spec="model.yaml",
             )
         )
@@ -80,6 +80,20 @@ def archive(
             )
         )
     return export_path / f"{spec.name}.mar"
+
+
+# The distributed engine: TorchServe starts nproc-per-node ranks with torchrun and sends every
+# batch to each of them. The local engine needs none of it: one worker drives every rank.
+TORCHRUN = """parallelType: tp
+torchrun:
+  nproc-per-node: {world_size}
+"""
+
+
+def _parallel(spec: ModelSpec) -> str:
+    if spec.sharding.engine != "distributed":
+        return ""
+    return TORCHRUN.format(world_size=spec.sharding.world_size)
 
 
 def config_properties(host: str, port: int, management_port: int, metrics_port: int) -> str:
@@ -167,12 +181,19 @@ def banner(spec: ModelSpec, url: str, key_file: Path) -> str:
     body = json.dumps({"features": {spec.features[0]: [0, 1]}})
     return (
         f"seqserve: TorchServe serves '{spec.name}' on {url} "
-        f"({spec.sharding.world_size} torchrun ranks)\n"
+        f"({_ranks(spec)})\n"
         f"  KEY=$(python3 -c \"import json;print(json.load(open('{key_file}'))"
         f"['inference']['key'])\")\n"
         f'  curl -s -X POST {url}/predictions/{spec.name} -H "Authorization: Bearer $KEY" '
         f"-H 'Content-Type: application/json' -d '{body}'"
     )
+
+
+def _ranks(spec: ModelSpec) -> str:
+    world = spec.sharding.world_size
+    if spec.sharding.engine == "distributed":
+        return f"{world} torchrun ranks"
+    return f"{world} ranks in one worker, local engine"
 
 
 def inference_key(key_file: Path) -> str:

@@ -6,9 +6,9 @@
     2-core box two threads are a poor default: with the other core busy, torch's parallel
     regions wait for a descheduled thread and the rate fell 10-50x (0.1-1.5 M ids/s against
     5.5 M on one thread, same run); one thread gives a steady figure.
-(b) the sharded engine with no HTTP: seqserve's rank group (serving.engine.sharded) on the
-    same batches, collate and split included: what the sharded forward costs before any
-    front adds its own.
+(b) the sharded engine with no HTTP: the spec's engine (serving.engine.base.create, local by
+    default) on the same batches, collate and split included: what the sharded forward costs
+    before any front adds its own.
 (c) one core's raw row gather: torch.set_num_threads(1), torch.index_select on a float32
     table shaped like the model's largest, with the ids that table's features get in the mix.
 """
@@ -31,13 +31,19 @@ from serving.engine.quiet import quiet_torch_logs
 
 
 def unsharded_rows(
-    ec: torch.nn.Module, keys: Sequence[str], rows: Mapping[str, int], requests: Sequence[Request]
+    ec: torch.nn.Module,
+    keys: Sequence[str],
+    rows: Mapping[str, int],
+    requests: Sequence[Request],
+    device: torch.device | None = None,
 ) -> tuple[Batch, dict[str, torch.Tensor]]:
     """The unsharded model's rows for one collated batch: the in-process reference path."""
     b = collate(requests, keys, rows)
     kjt = KeyedJaggedTensor(
         keys=list(b.keys), values=torch.from_numpy(b.values), lengths=torch.from_numpy(b.lengths)
     )
+    if device is not None and device.type != "cpu":
+        kjt = kjt.to(device)
     with torch.no_grad():
         out = ec(kjt)
     return b, {k: out[k].values() for k in b.keys}
@@ -108,9 +114,9 @@ def unsharded_rate(
 def sharded_rate(
     spec: ModelSpec, requests: Sequence[Request], batch: int, seconds: float
 ) -> dict[str, Any]:
-    from serving.engine.sharded import ShardedEngine
+    from serving.engine.base import create
 
-    engine = ShardedEngine(spec)
+    engine = create(spec)
     engine.start()
     groups = batches(requests, batch)
 
@@ -118,13 +124,13 @@ def sharded_rate(
         return sum(int(v.shape[0]) for a in engine.forward(groups[k]) for v in a.values())
 
     try:
-        figures = _rate(step, len(groups), seconds, batch, engine.threads)
+        figures = _rate(step, len(groups), seconds, batch, torch.get_num_threads())
     finally:
         engine.close()
     world = spec.sharding.world_size
     return {
-        "name": f"sharded engine, {world} rank{'s' if world > 1 else ''}",
-        "what": f"collate + rank group forward + split, {batch} requests a batch, no HTTP",
+        "name": f"{engine.kind} engine, {world} rank{'s' if world > 1 else ''}",
+        "what": f"collate + sharded forward + split, {batch} requests a batch, no HTTP",
         **figures,
     }
 

@@ -13,8 +13,8 @@ import torch
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-from serving.config import ModelSpec
-from serving.engine.model import state_key
+from serving.config import ModelSpec, TableSpec
+from serving.engine.model import LocalShard, state_key
 from serving.errors import SpecError
 
 
@@ -64,9 +64,29 @@ def load(spec: ModelSpec, model: torch.nn.Module, path: Path) -> None:
 
 def full_tables(spec: ModelSpec, path: Path) -> dict[str, torch.Tensor]:
     keys = checkpoint_keys(spec, path)
-    out = {t.name: torch.empty(t.num_embeddings, t.embedding_dim) for t in spec.tables}
+    return {t.name: _read_table(keys[t.name], t, path) for t in spec.tables}
+
+
+def fill(spec: ModelSpec, path: Path, shards: list[LocalShard]) -> None:
+    """Column shards from the checkpoint, in one process: one whole table is read at a time
+    (DCP reshards into whole tensors without a process group), then its columns are copied."""
+    keys = checkpoint_keys(spec, path)
+    for t in spec.tables:
+        mine = [s for s in shards if s.table == t.name]
+        if not mine:
+            continue
+        whole = _read_table(keys[t.name], t, path)
+        with torch.no_grad():
+            for s in mine:
+                (r0, r1), (c0, c1) = s.rows, s.cols
+                s.tensor.copy_(whole[r0:r1, c0:c1])
+        del whole
+
+
+def _read_table(key: str, table: TableSpec, path: Path) -> torch.Tensor:
+    out = torch.empty(table.num_embeddings, table.embedding_dim)
     with warnings.catch_warnings():
-        # Loading in one process on purpose (the unsharded reference); DCP warns about it.
+        # Loading in one process on purpose; DCP warns about it.
         warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
-        dcp.load({keys[n]: v for n, v in out.items()}, checkpoint_id=str(path), no_dist=True)
+        dcp.load({key: out}, checkpoint_id=str(path), no_dist=True)
     return out

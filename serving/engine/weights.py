@@ -63,16 +63,28 @@ def _check_safetensors(spec: ModelSpec, path: Path) -> None:
 
 
 def load(spec: ModelSpec, model: torch.nn.Module, rank: int) -> None:
-    """Fill this rank's shards of `model` (collective for DCP: every rank calls it)."""
+    """Fill this rank's shards of a DMP-sharded `model` (collective for DCP: every rank calls
+    it)."""
     w = spec.weights
     if w is not None and w.dcp is not None:
         from serving.engine import dcp
 
         dcp.load(spec, model, w.dcp)
         return
-    shards = list(local_shards(spec, model))
+    fill(spec, list(local_shards(spec, model)), f"rank {rank} weights")
+
+
+def fill(spec: ModelSpec, shards: list[LocalShard], label: str) -> None:
+    """Write each shard's rows and columns into its tensor, from whichever source the spec
+    names. In one process (no collective), so both engines load through it."""
+    w = spec.weights
+    if w is not None and w.dcp is not None:
+        from serving.engine import dcp
+
+        dcp.fill(spec, w.dcp, shards)
+        return
     total = sum(s.tensor.numel() * 4 for s in shards)
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"rank {rank} weights", disable=None)
+    bar = tqdm(total=total, unit="B", unit_scale=True, desc=label, disable=None)
     with bar, torch.no_grad():
         if w is not None and w.safetensors is not None:
             _load_safetensors(shards, w.safetensors, bar)

@@ -7,6 +7,18 @@ from typing import Any
 import numpy as np
 
 from serving.config import ModelSpec, parse_spec
+from serving.engine.base import Engine, create
+
+ENGINES = ["local", "distributed"]
+
+
+def engine_for(kind: str, spec: ModelSpec, dispatch: str = "split", device: str = "cpu") -> Any:
+    """An engine of `kind` for the tests: one thread per rank process, so ranks share the
+    2 cores evenly. A context manager: start on enter, close on exit."""
+    engine: Engine = create(spec, kind, device=device, dispatch=dispatch)
+    if kind == "distributed":
+        engine.threads = 1  # type: ignore[attr-defined]
+    return engine
 
 
 def spec(

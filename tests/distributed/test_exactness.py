@@ -1,4 +1,4 @@
-"""The sharded engine against an unsharded EmbeddingCollection with the same weights."""
+"""Both engines against an unsharded EmbeddingCollection with the same weights."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ from hypothesis import strategies as st
 
 from serving.config import ModelSpec
 from serving.engine import weights
-from serving.engine.sharded import ShardedEngine
 from serving.errors import InvalidInput
-from tests.distributed.plans import requests, spec
+from tests.distributed.plans import ENGINES, engine_for, requests, spec
 from tests.reference import assert_exact
 
 pytestmark = pytest.mark.slow
@@ -47,30 +46,45 @@ PLANS = {
 }
 
 
-def run(spec_: ModelSpec, batches: list[list[dict[str, np.ndarray]]], dispatch: str) -> None:
+def run(
+    kind: str,
+    spec_: ModelSpec,
+    batches: list[list[dict[str, np.ndarray]]],
+    dispatch: str = "split",
+    device: str = "cpu",
+) -> None:
     tables = weights.full_tables(spec_)
-    with ShardedEngine(spec_, dispatch=dispatch, threads_per_rank=1) as engine:  # type: ignore[arg-type]
+    with engine_for(kind, spec_, dispatch=dispatch, device=device) as engine:
         for reqs in batches:
             assert_exact(spec_, tables, reqs, engine.forward(reqs))
 
 
+@pytest.mark.parametrize("kind", ENGINES)
 @pytest.mark.parametrize("name", list(PLANS))
-def test_sharded_rows_equal_the_unsharded_model(name: str) -> None:
+def test_sharded_rows_equal_the_unsharded_model(kind: str, name: str) -> None:
     s = PLANS[name]
     # One request, a few, and many in one batch; the same engine serves them in turn.
-    run(s, [requests(s, 1, seed=1)[:1], requests(s, 5, seed=2), requests(s, 300, seed=3)], "split")
+    batches = [requests(s, 1, seed=1)[:1], requests(s, 5, seed=2), requests(s, 300, seed=3)]
+    run(kind, s, batches)
 
 
 @pytest.mark.parametrize("name", ["world2-interleaved-tw", "world3"])
 def test_whole_batch_on_rank_zero_is_exact_too(name: str) -> None:
     s = PLANS[name]
-    run(s, [requests(s, 40, seed=4)], "one")
+    run("distributed", s, [requests(s, 40, seed=4)], "one")
 
 
-def test_out_of_range_ids_never_reach_the_ranks() -> None:
+def test_local_engine_threads_large_batches_and_stays_exact() -> None:
+    # Enough ids that the kernels run on the thread pool (PARALLEL_MIN_ROWS).
+    s = PLANS["world3"]
+    run("local", s, [requests(s, 6000, seed=8, max_len=12), requests(s, 3, seed=9)])
+
+
+@pytest.mark.parametrize("kind", ENGINES)
+def test_out_of_range_ids_never_reach_the_ranks(kind: str) -> None:
     s = PLANS["world2-interleaved-tw"]
     tables = weights.full_tables(s)
-    with ShardedEngine(s, threads_per_rank=1) as engine:
+    with engine_for(kind, s) as engine:
         good = requests(s, 4, seed=5)
         for bad in ({"a": np.array([3, 1000])}, {"c": np.array([-1])}):
             with pytest.raises(InvalidInput, match=r"is outside \[0, "):
@@ -109,20 +123,37 @@ def random_plans(draw: st.DrawFn) -> ModelSpec:
 def test_property_any_valid_plan_and_batch_is_exact(
     plan: ModelSpec, seed: int, dispatch: str
 ) -> None:
-    run(plan, [requests(plan, n, seed=seed + n) for n in (1, 7, 60)], dispatch)
+    run("distributed", plan, [requests(plan, n, seed=seed + n) for n in (1, 7, 60)], dispatch)
 
 
-@pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="CUDA is absent: the NCCL/GPU path needs GPUs"
+# The local engine starts in milliseconds, so it can take many more plans.
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(plan=random_plans(), seed=st.integers(0, 2**16))
+def test_property_local_engine_any_plan_and_batch_is_exact(plan: ModelSpec, seed: int) -> None:
+    run("local", plan, [requests(plan, n, seed=seed + n) for n in (1, 7, 60)])
+
+
+NO_CUDA = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="CUDA is absent: the GPU paths need a GPU"
 )
-def test_cuda_ranks_are_exact() -> None:
+
+
+@NO_CUDA
+def test_cuda_distributed_ranks_are_exact() -> None:
+    # NCCL wants one GPU per rank: as many ranks as there are GPUs, up to 2.
     world = min(2, torch.cuda.device_count())
     s = spec(
         world,
         16,
         [("items", 1000, ["a", "b"], [i % world for i in range(4)]), ("cats", 20, ["c"], 0)],
     )
-    tables = weights.full_tables(s)
-    with ShardedEngine(s, device="cuda") as engine:
-        reqs = requests(s, 200, seed=6)
-        assert_exact(s, tables, reqs, engine.forward(reqs))
+    run("distributed", s, [requests(s, 200, seed=6)], device="cuda")
+
+
+@NO_CUDA
+@pytest.mark.parametrize("name", list(PLANS))
+def test_cuda_local_engine_is_exact_with_several_ranks_per_gpu(name: str) -> None:
+    # World sizes above the GPU count put several ranks on one device (rank r on r % gpus).
+    s = PLANS[name]
+    batches = [requests(s, 1, seed=1)[:1], requests(s, 300, seed=3), requests(s, 5000, seed=4)]
+    run("local", s, batches, device="cuda")

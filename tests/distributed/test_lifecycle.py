@@ -17,10 +17,10 @@ pytestmark = pytest.mark.slow
 
 DRIVER = """
 import sys, time
-from serving.engine.sharded import ShardedEngine
+from serving.engine.distributed.driver import DistributedEngine
 from tests.distributed.plans import spec
 if __name__ == "__main__":
-    engine = ShardedEngine(spec(2, 8, [("items", 10, ["a"], [0, 1])]), threads_per_rank=1)
+    engine = DistributedEngine(spec(2, 8, [("items", 10, ["a"], [0, 1])]), threads_per_rank=1)
     engine.start()
     print(" ".join(map(str, engine.pids)), flush=True)
     time.sleep(600)

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from serving.config import WeightsSpec
-from serving.engine.sharded import ShardedEngine
+from serving.engine.distributed.driver import DistributedEngine
 from tests.distributed.plans import spec
 
 pytestmark = pytest.mark.slow
@@ -21,7 +21,7 @@ def peak_rss_bytes(rows: int, path: Path) -> list[int]:
     s = spec(2, DIM, [("items", rows, ["a"], [0, 1, 0, 1])])
     save_file({"items": torch.zeros(rows, DIM)}, str(path))
     s = s.model_copy(update={"weights": WeightsSpec(safetensors=path)})
-    with ShardedEngine(s, threads_per_rank=1) as engine:
+    with DistributedEngine(s, threads_per_rank=1) as engine:
         return [int(i["peak_rss_kib"]) * 1024 for i in engine.rank_info]  # type: ignore[call-overload]
 
 

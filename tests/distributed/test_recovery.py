@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from serving.config import WeightsSpec
-from serving.engine.sharded import ShardedEngine
+from serving.engine.distributed.driver import DistributedEngine
 from serving.engine.weights import full_tables
 from serving.errors import EngineUnavailable
 from tests.distributed.plans import requests, spec
@@ -38,7 +38,7 @@ def until(condition: Callable[[], bool], timeout: float, what: str) -> float:
 
 def test_a_rank_killed_while_idle_is_noticed_and_the_group_restarted() -> None:
     tables = full_tables(SPEC)
-    with ShardedEngine(SPEC, threads_per_rank=1, restart_backoff=0.2) as e:
+    with DistributedEngine(SPEC, threads_per_rank=1, restart_backoff=0.2) as e:
         assert_exact(SPEC, tables, REQS, e.forward(REQS))
         old = e.pids
         os.kill(old[1], signal.SIGKILL)
@@ -58,7 +58,7 @@ def test_a_rank_killed_while_idle_is_noticed_and_the_group_restarted() -> None:
 
 def test_a_hung_rank_fails_the_batch_within_the_timeout_and_the_group_restarts() -> None:
     tables = full_tables(SPEC)
-    with ShardedEngine(SPEC, threads_per_rank=1, batch_timeout=2.0, restart_backoff=0.2) as e:
+    with DistributedEngine(SPEC, threads_per_rank=1, batch_timeout=2.0, restart_backoff=0.2) as e:
         assert_exact(SPEC, tables, REQS, e.forward(REQS))
         old = e.pids
         # A stopped rank neither replies nor exits: the other rank waits in the collective.
@@ -93,7 +93,7 @@ def test_failed_restarts_back_off_exponentially_then_recover(tmp_path: Path) -> 
         tmp.write_bytes(data)
         os.replace(tmp, path)
 
-    with ShardedEngine(s, threads_per_rank=1, restart_backoff=0.5, restart_backoff_max=30) as e:
+    with DistributedEngine(s, threads_per_rank=1, restart_backoff=0.5, restart_backoff_max=30) as e:
         assert_exact(s, tables, REQS, e.forward(REQS))
         # The file is replaced by a truncated copy, then a rank dies: no restart can load it.
         put(good[: len(good) // 2])
@@ -116,7 +116,7 @@ def test_failed_restarts_back_off_exponentially_then_recover(tmp_path: Path) -> 
 
 
 def test_close_during_a_restart_leaves_no_rank_behind() -> None:
-    e = ShardedEngine(SPEC, threads_per_rank=1, restart_backoff=0.2)
+    e = DistributedEngine(SPEC, threads_per_rank=1, restart_backoff=0.2)
     e.start()
     try:
         first = e.pids

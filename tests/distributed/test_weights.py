@@ -11,9 +11,9 @@ from safetensors.torch import save_file
 from serving.config import ModelSpec, WeightsSpec, load_spec
 from serving.demo import write_model
 from serving.engine import weights
-from serving.engine.sharded import ShardedEngine
+from serving.engine.distributed.driver import DistributedEngine
 from serving.errors import EngineStartError, SpecError
-from tests.distributed.plans import requests, spec
+from tests.distributed.plans import ENGINES, engine_for, requests, spec
 from tests.distributed.training_job import save_checkpoint
 from tests.reference import assert_exact
 
@@ -47,21 +47,25 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory, tables: dict[str, torch
     return path
 
 
-def test_safetensors_serves_the_files_rows(tmp_path: Path, tables: dict[str, torch.Tensor]) -> None:
+@pytest.mark.parametrize("kind", ENGINES)
+def test_safetensors_serves_the_files_rows(
+    kind: str, tmp_path: Path, tables: dict[str, torch.Tensor]
+) -> None:
     save_file(tables, str(tmp_path / "w.safetensors"))
     s = with_weights(SPEC, safetensors=tmp_path / "w.safetensors")
     reqs = requests(s, 50, seed=7)
-    with ShardedEngine(s, threads_per_rank=1) as engine:
+    with engine_for(kind, s) as engine:
         assert_exact(s, tables, reqs, engine.forward(reqs))
 
 
+@pytest.mark.parametrize("kind", ENGINES)
 def test_dcp_from_a_row_wise_training_plan_serves_the_same_rows(
-    checkpoint: Path, tables: dict[str, torch.Tensor]
+    kind: str, checkpoint: Path, tables: dict[str, torch.Tensor]
 ) -> None:
     s = with_weights(SPEC, dcp=checkpoint)
     assert all(torch.equal(weights.full_tables(s)[n], t) for n, t in tables.items())
     reqs = requests(s, 50, seed=8)
-    with ShardedEngine(s, threads_per_rank=1) as engine:
+    with engine_for(kind, s) as engine:
         assert_exact(s, tables, reqs, engine.forward(reqs))
 
 
@@ -105,9 +109,10 @@ def test_wrong_shape_and_missing_table_are_clear_errors(
         (with_weights(SPEC, dcp=tmp_path), "is not a torch.distributed.checkpoint"),
     ]
     for s, message in cases:
-        with pytest.raises(SpecError) as e:
-            ShardedEngine(s).start()  # checked in the driver: no rank is started
-        assert message in str(e.value)
+        for kind in ENGINES:
+            with pytest.raises(SpecError) as e:
+                engine_for(kind, s).start()  # checked before any rank or kernel is built
+            assert message in str(e.value)
 
 
 def test_a_rank_that_fails_to_start_shows_its_traceback(tmp_path: Path, checkpoint: Path) -> None:
@@ -117,5 +122,5 @@ def test_a_rank_that_fails_to_start_shows_its_traceback(tmp_path: Path, checkpoi
         data = f.read_bytes()
         (broken / f.name).write_bytes(data if f.name == ".metadata" else data[: len(data) // 3])
     with pytest.raises(EngineStartError) as e:
-        ShardedEngine(with_weights(SPEC, dcp=broken), threads_per_rank=1).start()
+        DistributedEngine(with_weights(SPEC, dcp=broken), threads_per_rank=1).start()
     assert "start: rank" in str(e.value) and "Traceback (most recent call last)" in str(e.value)

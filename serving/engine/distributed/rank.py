@@ -18,9 +18,16 @@ import torch.distributed as dist
 from serving.config import ModelSpec
 from serving.engine import model as model_lib
 from serving.engine import weights
-from serving.engine.lookup import lookup, warm_up
+from serving.engine.distributed.lookup import lookup, warm_up
+from serving.engine.distributed.transport import (
+    Done,
+    Failed,
+    NewBuffer,
+    Ready,
+    Stop,
+    receive_buffer,
+)
 from serving.engine.quiet import quiet_torch_logs
-from serving.engine.transport import Done, Failed, NewBuffer, Ready, Stop, receive_buffer
 
 
 @dataclass(frozen=True)

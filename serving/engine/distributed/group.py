@@ -15,8 +15,8 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from serving.engine import rank as rank_lib
-from serving.engine.transport import Failed, OutputBuffer, Stop
+from serving.engine.distributed import rank as rank_lib
+from serving.engine.distributed.transport import Failed, OutputBuffer, Stop
 from serving.errors import EngineUnavailable
 
 

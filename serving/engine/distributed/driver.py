@@ -23,12 +23,13 @@ import torch.distributed as dist
 
 from serving import collate as collate_lib
 from serving.collate import Batch, Request
-from serving.config import ModelSpec
-from serving.engine import rank as rank_lib
+from serving.config import EngineKind, ModelSpec
 from serving.engine import weights
-from serving.engine.lookup import idle_batch
-from serving.engine.supervisor import Backoff, GroupFailed, RankGroup, RestartAttempt
-from serving.engine.transport import Done, Forward, Ready
+from serving.engine.base import default_device
+from serving.engine.distributed import rank as rank_lib
+from serving.engine.distributed.group import Backoff, GroupFailed, RankGroup, RestartAttempt
+from serving.engine.distributed.lookup import idle_batch
+from serving.engine.distributed.transport import Done, Forward, Ready
 from serving.errors import EngineStartError, EngineUnavailable
 from serving.split import split
 
@@ -42,16 +43,9 @@ State = Literal["stopped", "serving", "restarting"]
 Answer = dict[str, np.ndarray]
 
 
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def gpu_count() -> int:
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-class ShardedEngine:
-    """A column-wise sharded EmbeddingCollection served by `world_size` rank processes.
+class DistributedEngine:
+    """A column-wise sharded EmbeddingCollection served by `world_size` rank processes that
+    run TorchRec's DistributedModelParallel (gloo on CPU, NCCL with rank r on cuda:r).
 
     Restarts: the first attempt after a failure is immediate; each failed attempt doubles the
     wait before the next, from `restart_backoff` up to `restart_backoff_max` seconds. A group
@@ -71,6 +65,7 @@ class ShardedEngine:
         restart_backoff: float = 0.5,
         restart_backoff_max: float = 30.0,
     ):
+        self.kind: EngineKind = "distributed"
         self.spec = spec
         self.dispatch = dispatch
         self.device = device or default_device()
@@ -166,7 +161,7 @@ class ShardedEngine:
                     os.close(fd)
             self._wake_r, self._wake_w = -1, -1
 
-    def __enter__(self) -> ShardedEngine:
+    def __enter__(self) -> DistributedEngine:
         self.start()
         return self
 
@@ -324,6 +319,18 @@ class ShardedEngine:
         self.last_timings["collate_s"] = t1 - t0
         self.last_timings["split_s"] = time.perf_counter() - t2
         return answers
+
+    def describe(self) -> dict[str, object]:
+        devices = {r: f"cuda:{r}" if self.device == "cuda" else "cpu" for r in range(self.world)}
+        return {
+            "engine": self.kind,
+            "device": self.device,
+            "dispatch": self.dispatch,
+            "rank_devices": devices,
+            "ranks": [
+                {"rank": r, "device": devices[r], "pid": pid} for r, pid in enumerate(self.pids)
+            ],
+        }
 
     def _check_serving(self) -> None:
         if self._state == "restarting":

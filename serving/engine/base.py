@@ -1,0 +1,73 @@
+"""The boundary every engine honours, and the choice between them.
+
+`local`: one process drives every rank's FBGEMM kernels, no collective on the request path.
+`distributed`: TorchRec DistributedModelParallel rank processes (gloo or NCCL); the path to
+tables bigger than one host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from serving.collate import Request
+from serving.config import EngineKind, ModelSpec
+
+Answer = dict[str, np.ndarray]  # feature -> float32 [n_ids, dim]
+
+
+class Engine(Protocol):
+    spec: ModelSpec
+    kind: EngineKind
+    last_timings: dict[str, float]  # stage times of the last batch (seconds), for benchmarks
+
+    @property
+    def ready(self) -> bool: ...
+
+    def start(self) -> None: ...
+
+    def forward(self, requests: Sequence[Request]) -> list[Answer]:
+        """Rows for each request: {feature: float32 [n_ids, dim]} for every feature it names."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """The engine and where each shard lives, for /models/{model}."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def gpu_count() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def default_device() -> str:
+    return "cuda" if gpu_count() else "cpu"
+
+
+def create(
+    spec: ModelSpec,
+    kind: str = "",
+    *,
+    device: str | None = None,
+    dispatch: str = "split",
+    batch_timeout: float = 60.0,
+) -> Engine:
+    """The engine the spec asks for (`sharding.engine`), unless `kind` overrides it.
+    `dispatch` and `batch_timeout` concern the distributed engine's rank processes."""
+    kind = kind or spec.sharding.engine
+    if kind == "distributed":
+        from serving.engine.distributed.driver import DistributedEngine
+
+        return DistributedEngine(
+            spec,
+            device=device,
+            dispatch=dispatch,  # type: ignore[arg-type]
+            batch_timeout=batch_timeout,
+        )
+    from serving.engine.local.engine import LocalEngine
+
+    return LocalEngine(spec, device=device)

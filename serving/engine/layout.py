@@ -1,0 +1,66 @@
+"""Where every answer column comes from: per key, its dim and the shards that fill it.
+
+Both engines answer `{key: float32 [n_ids, dim_of_key]}`; the layout says, per key, which rank
+holds the columns `[start, end)` of its rows. Shards are listed in the table's column order
+(shard k holds columns `[k*w, (k+1)*w)`), never in rank order: stitching by rank order gives
+wrong rows for plans like `[1, 0, 0]` (the bug class TorchRec's permute-indices fix addressed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+from serving.config import ModelSpec, Shard
+
+Buffer = TypeVar("Buffer", np.ndarray, torch.Tensor)
+
+
+@dataclass(frozen=True)
+class KeyLayout:
+    key: str
+    table: str
+    rows: int  # num_embeddings: ids must be in [0, rows)
+    dim: int
+    shards: tuple[Shard, ...]  # in column order
+
+
+@dataclass(frozen=True)
+class Layout:
+    keys: tuple[str, ...]  # every feature, in spec order: the key order of every batch
+    by_key: Mapping[str, KeyLayout]
+
+    @classmethod
+    def of(cls, spec: ModelSpec) -> Layout:
+        plan = spec.plan()
+        by_key = {
+            f: KeyLayout(f, t.name, t.num_embeddings, t.embedding_dim, plan[t.name].shards)
+            for t in spec.tables
+            for f in t.features
+        }
+        return cls(tuple(spec.features), by_key)
+
+    @property
+    def rows(self) -> dict[str, int]:
+        return {k: v.rows for k, v in self.by_key.items()}
+
+    def dims(self) -> list[int]:
+        return [self.by_key[k].dim for k in self.keys]
+
+    def offsets(self, ids_per_key: np.ndarray) -> np.ndarray:
+        """Start of each key's rows in one flat float32 buffer holding the whole answer, and
+        the total size as the last entry (elements, not bytes)."""
+        sizes = np.asarray(ids_per_key, dtype=np.int64) * np.array(self.dims(), dtype=np.int64)
+        return np.concatenate([[0], np.cumsum(sizes)])
+
+    def views(self, flat: Buffer, ids_per_key: np.ndarray) -> dict[str, Buffer]:
+        """Per-key [n, dim] views of a flat buffer (numpy or torch) laid out by `offsets`."""
+        edges = self.offsets(ids_per_key)
+        return {
+            k: flat[edges[i] : edges[i + 1]].reshape(int(ids_per_key[i]), self.by_key[k].dim)
+            for i, k in enumerate(self.keys)
+        }

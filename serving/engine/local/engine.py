@@ -1,0 +1,202 @@
+"""LocalEngine: every rank's kernels in this process; no collective on the request path.
+
+Per batch: collate and check the ids once; copy them once to each device that holds a rank;
+each kernel looks up its slots and writes every slot's rows straight into its columns of the
+answer (output dist and stitch in one step, placed by the plan's column order, never by rank
+order); the answer is one flat buffer, copied to the host once; split hands out views.
+
+On a CUDA host rank r lives on `cuda:(r % gpus)`, so several ranks may share a GPU (which
+NCCL forbids and this engine does not mind), and the answer is gathered on the first device.
+On CPU, large batches run the kernels on a thread per core: FBGEMM's op releases the GIL.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+
+from serving import collate as collate_lib
+from serving.config import EngineKind, ModelSpec
+from serving.engine import weights
+from serving.engine.base import Answer, Request, default_device, gpu_count
+from serving.engine.layout import Layout
+from serving.engine.local.kernel import Kernel
+from serving.engine.local.placement import kernel_plans
+from serving.errors import EngineStartError, EngineUnavailable
+from serving.split import split
+
+# Below this many looked-up rows per batch, handing kernels to threads costs more than it
+# saves (measured in benchmarks/engine_bench.py: ~30 us of hand-off against ~4 ms at 4096).
+PARALLEL_MIN_ROWS = 32_768
+
+
+class LocalEngine:
+    kind: EngineKind = "local"
+
+    def __init__(self, spec: ModelSpec, *, device: str | None = None, threads: int | None = None):
+        self.spec = spec
+        self.device = device or default_device()
+        self.layout = Layout.of(spec)
+        self.keys = self.layout.keys
+        self.rows = self.layout.rows
+        self.threads = threads or (os.cpu_count() or 1)
+        self.kernels: list[Kernel] = []
+        self.last_timings: dict[str, float] = {}
+        self._rank_device: dict[int, torch.device] = {}
+        self._devices: set[torch.device] = set()
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()  # one batch at a time: kernels and buffers are shared
+        self._serving = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._serving
+
+    def start(self) -> None:
+        weights.check(self.spec)
+        world = self.spec.sharding.world_size
+        if self.device == "cuda":
+            gpus = gpu_count()
+            if not gpus:
+                raise EngineStartError("device cuda asked for, but CUDA is not available")
+            self._rank_device = {r: torch.device("cuda", r % gpus) for r in range(world)}
+        else:
+            self._rank_device = {r: torch.device("cpu") for r in range(world)}
+        try:
+            with torch.no_grad():
+                plans = kernel_plans(self.spec)
+                self.kernels = [Kernel(p, self._rank_device[p.rank]) for p in plans]
+                self._devices = {k.device for k in self.kernels}
+                shards = [s for k in self.kernels for s in k.shards()]
+                weights.fill(self.spec, shards, f"{self.spec.name} weights")
+        except Exception as e:
+            self.kernels = []
+            raise EngineStartError(f"loading '{self.spec.name}' failed: {e}") from e
+        if self.device == "cpu" and self.threads > 1 and len(self.kernels) > 1:
+            self._pool = ThreadPoolExecutor(
+                min(self.threads, len(self.kernels)), thread_name_prefix="seqserve-kernel"
+            )
+        self._serving = True
+        self._warm_up()
+
+    def close(self) -> None:
+        with self._lock:
+            self._serving = False
+            self.kernels = []
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
+    def __enter__(self) -> LocalEngine:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _warm_up(self) -> None:
+        # The first call of each kernel allocates; pay it here, not in the first request.
+        self.forward([{k: np.array([0, r - 1], dtype=np.int64) for k, r in self.rows.items()}])
+
+    # -- serving ---------------------------------------------------------------------------
+
+    def forward(self, requests: Sequence[Request]) -> list[Answer]:
+        if not requests:
+            return []
+        t0 = time.perf_counter()
+        batch = collate_lib.collate(requests, self.keys, self.rows)
+        t1 = time.perf_counter()
+        with self._lock:
+            if not self._serving:
+                raise EngineUnavailable("the local engine is not running")
+            with torch.no_grad():
+                outputs = self._lookup(batch)
+        t2 = time.perf_counter()
+        answers = split(batch, outputs, requests)
+        self.last_timings = {
+            "collate_s": t1 - t0,
+            "lookup_s": t2 - t1,
+            "split_s": time.perf_counter() - t2,
+        }
+        return answers
+
+    def _lookup(self, batch: collate_lib.Batch) -> dict[str, np.ndarray]:
+        counts = batch.ids_per_key()
+        edges = np.concatenate([[0], np.cumsum(counts)]).tolist()
+        on_cpu = self.device != "cuda"
+        total = int(self.layout.offsets(counts)[-1])
+        # The answer: one flat buffer, per-key [n, dim] views. On CPU it is numpy, whose small
+        # slice assignments cost ~1 us against ~4 us for torch's; on CUDA it lives on the
+        # gather device and reaches the host in one copy.
+        if on_cpu:
+            answer: dict[str, Any] = self.layout.views(np.empty(total, np.float32), counts)
+        else:
+            flat = torch.empty(total, device=self._rank_device[0])
+            answer = self.layout.views(flat, counts)
+        values = batch.values
+        # CW's input dist: the batch's ids reach each device once.
+        ids = {d: torch.from_numpy(values).to(d) for d in self._devices if d.type != "cpu"}
+
+        def run(kernel: Kernel) -> None:
+            slots = kernel.plan.slots
+            sizes = [int(counts[s.key_index]) for s in slots]
+            if not any(sizes):
+                return
+            offsets = np.zeros(len(slots) + 1, dtype=np.int64)
+            np.cumsum(sizes, out=offsets[1:])
+            if on_cpu:
+                indices = torch.from_numpy(
+                    np.concatenate(
+                        [values[edges[s.key_index] : edges[s.key_index + 1]] for s in slots]
+                    )
+                )
+                rows: Any = kernel.lookup(indices, torch.from_numpy(offsets)).numpy()
+            else:
+                dev = ids[kernel.device]
+                indices = torch.cat(
+                    [dev[edges[s.key_index] : edges[s.key_index + 1]] for s in slots]
+                )
+                rows = kernel.lookup(indices, torch.from_numpy(offsets).to(kernel.device))
+            # Output dist and stitch in one step: each slot's rows go straight to its columns.
+            for s, a, b in zip(slots, offsets[:-1], offsets[1:], strict=True):
+                if a < b:
+                    answer[s.key][:, s.start : s.end] = rows[a:b]
+
+        looked_up = sum(int(counts[s.key_index]) for k in self.kernels for s in k.plan.slots)
+        if self._pool is not None and looked_up >= PARALLEL_MIN_ROWS:
+            list(self._pool.map(run, self.kernels))
+        else:
+            for kernel in self.kernels:
+                run(kernel)
+        if on_cpu:
+            return answer
+        return self.layout.views(flat.cpu().numpy(), counts)  # one copy to the host
+
+    # -- description -----------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        ranks: dict[int, dict[str, Any]] = {}
+        for k in self.kernels:
+            r = ranks.setdefault(
+                k.plan.rank,
+                {"rank": k.plan.rank, "device": str(k.device), "kernels": [], "bytes": 0},
+            )
+            r["kernels"].append(
+                {"width": k.plan.width, "dtype": "fp32", "pieces": len(k.plan.pieces)}
+            )
+            r["bytes"] += k.nbytes
+        return {
+            "engine": self.kind,
+            "device": self.device,
+            "rank_devices": {r: str(d) for r, d in self._rank_device.items()},
+            "ranks": [ranks[r] for r in sorted(ranks)],
+        }
