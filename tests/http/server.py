@@ -126,8 +126,9 @@ def rows_of(weights: dict[str, np.ndarray], feature: str, ids: list[int]) -> np.
     return weights[FEATURE_TABLE[feature]][np.asarray(ids, dtype=np.int64)]
 
 
-def write_small_model(directory: Path) -> Path:
-    return write_model(directory, MODEL)
+def write_small_model(directory: Path, engine: str = "local") -> Path:
+    sharding = {**MODEL["sharding"], "engine": engine}
+    return write_model(directory, {**MODEL, "sharding": sharding})
 
 
 def same_bits(got: np.ndarray, want: np.ndarray) -> bool:

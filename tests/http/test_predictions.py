@@ -66,14 +66,21 @@ def test_msgpack_both_ways(server: Server, instances: bool) -> None:
 
 def test_model_spec_as_served(server: Server) -> None:
     spec = server.client.get("/models/small").json()
-    assert spec["world_size"] == 2 and spec["device"] == "cpu" and spec["embedding_dim"] == 16
+    assert spec["world_size"] == 2 and spec["device"] == "cpu" and spec["engine"] == "local"
     tables = {t["name"]: t for t in spec["tables"]}
+    assert tables["categories"]["embedding_dim"] == 16
     assert tables["categories"]["shards"] == [
-        {"rank": 1, "columns": [0, 4]},
-        {"rank": 0, "columns": [4, 8]},
-        {"rank": 0, "columns": [8, 12]},
-        {"rank": 1, "columns": [12, 16]},
+        {"rank": 1, "columns": [0, 4], "device": "cpu"},
+        {"rank": 0, "columns": [4, 8], "device": "cpu"},
+        {"rank": 0, "columns": [8, 12], "device": "cpu"},
+        {"rank": 1, "columns": [12, 16], "device": "cpu"},
     ]
     assert tables["shops"]["sharding"] == "table_wise"
+    # Where each shard lives: rank 1 holds two width-4 shards of each CW table and the whole
+    # table-wise shops (width 16), so two kernels; every weight byte is counted once.
+    ranks = {r["rank"]: r for r in spec["ranks"]}
+    assert sorted(k["width"] for k in ranks[1]["kernels"]) == [4, 16]
+    assert [k["width"] for k in ranks[0]["kernels"]] == [4]
+    assert sum(r["bytes"] for r in ranks.values()) == (5000 + 50 + 30) * 16 * 4
     assert server.client.get("/docs").status_code == 200
     assert "/predictions/{model}" in server.client.get("/openapi.json").json()["paths"]

@@ -1,11 +1,17 @@
-"""A rank killed under a real server: 503s while the group restarts by itself, then exact again."""
+"""A rank killed under a real server: 503s while the group restarts by itself, then exact again.
+
+Ranks are processes in the distributed engine only; the local engine runs every rank's
+kernels in the server's own process, so there is no rank to lose (see README, Engines).
+"""
 
 from __future__ import annotations
 
 import os
 import signal
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -15,6 +21,17 @@ from tests.http.server import Server, same_bits
 from tests.procs import alive, rank_pids
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(model_path: Path) -> Iterator[Server]:
+    s = Server(model_path, "--engine", "distributed")
+    try:
+        s.wait_ready()
+        yield s
+    finally:
+        s.close()
+
 
 REQUEST = {"item_id": [3, 17, 17, 0, 4999], "category_id": [5, 49], "shop_id": [29]}
 

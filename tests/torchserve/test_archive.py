@@ -34,8 +34,20 @@ def test_archive_contents(model_path: Path, tmp_path: Path) -> None:
     assert spec["weights"] == {"safetensors": "weights.safetensors"}
     for name, text in texts.items():
         assert str(ROOT).encode() not in text and str(tmp_path).encode() not in text, name
-    assert config["parallelType"] == "tp" and config["torchrun"]["nproc-per-node"] == 2
+    # The local engine (the default) runs in one worker: no torchrun.
+    assert "parallelType" not in config and "torchrun" not in config
     assert config["handler"]["spec"] == "model.yaml"
+
+
+def test_a_distributed_spec_archives_for_torchrun(tmp_path: Path) -> None:
+    from tests.http.server import write_small_model
+
+    mar = archive(load_spec(write_small_model(tmp_path, "distributed")), tmp_path / "store")
+    with zipfile.ZipFile(mar) as z:
+        manifest = json.loads(z.read("MAR-INF/MANIFEST.json"))
+        config = yaml.safe_load(z.read(manifest["model"]["configFile"]))
+        assert yaml.safe_load(z.read("model.yaml"))["sharding"]["engine"] == "distributed"
+    assert config["parallelType"] == "tp" and config["torchrun"]["nproc-per-node"] == 2
 
 
 def test_archive_refuses_a_bad_spec(tmp_path: Path) -> None:

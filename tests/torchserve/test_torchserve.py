@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from tests.http.server import Server, rows_of, same_bits
+from tests.http.server import Server, rows_of, same_bits, write_small_model
 from tests.torchserve.ts import TorchServe
 
 pytestmark = [
@@ -40,12 +40,15 @@ BAD = [
 ]
 
 
-@pytest.fixture(scope="module")
-def torchserve(model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchServe]:
+# local: one worker drives every rank (the default); distributed: torchrun ranks (tp).
+@pytest.fixture(scope="module", params=["local", "distributed"])
+def torchserve(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TorchServe]:
+    # The same weights as `model_path` (seeded), with the engine the spec names.
+    model = write_small_model(tmp_path_factory.mktemp("model"), engine=request.param)
     # A 300 ms batch window makes concurrent requests meet in one TorchServe batch.
-    ts = TorchServe(
-        model_path, tmp_path_factory.mktemp("ts") / "run", "--max-batch-delay-ms", "300"
-    )
+    ts = TorchServe(model, tmp_path_factory.mktemp("ts") / "run", "--max-batch-delay-ms", "300")
     try:
         ts.wait_ready()
         yield ts

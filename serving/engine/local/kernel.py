@@ -62,8 +62,8 @@ class Kernel:
 
     @property
     def nbytes(self) -> int:
-        m = self.module
-        return int(m.weights_host.numel() + m.weights_dev.numel() + m.weights_uvm.numel())
+        """Bytes of the weights as stored (alignment padding between tables left out)."""
+        return sum(w.numel() * w.element_size() for w, _ in self.module.split_embedding_weights())
 
     def lookup(self, indices: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """[len(indices), width] rows; `offsets` delimits the slots' ids, slot order."""
