@@ -35,7 +35,7 @@ def test_the_printed_curl_line_returns_embeddings(tmp_path: Path) -> None:
                 break
         curl = lines[-1].strip()
         text = "".join(lines) + proc.stdout.readline()
-        assert f"model 'demo' ready on http://127.0.0.1:{port} (2 ranks)" in text
+        assert f"model 'demo' ready on http://127.0.0.1:{port} (2 ranks, local engine)" in text
         out = subprocess.run(
             curl, shell=True, capture_output=True, text=True, timeout=30, check=True
         )

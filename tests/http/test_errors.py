@@ -132,7 +132,9 @@ def test_504_past_the_deadline(tight: Server) -> None:
 
 
 def test_503_until_the_ranks_are_warm(model_path: Path) -> None:
-    s = Server(model_path)
+    # The distributed engine's ranks take seconds to warm; the local engine is ready within
+    # milliseconds of the socket opening, too soon to catch. /ping reads `engine.ready` alike.
+    s = Server(model_path, "--engine", "distributed")
     try:
         seen = s.wait_ready()
         assert 503 in seen, f"/ping never said 503 while warming: {seen}"
