@@ -8,8 +8,9 @@ wrong rows for plans like `[1, 0, 0]` (the bug class TorchRec's permute-indices 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import TypeVar
 
 import numpy as np
@@ -51,16 +52,18 @@ class Layout:
     def dims(self) -> list[int]:
         return [self.by_key[k].dim for k in self.keys]
 
-    def offsets(self, ids_per_key: np.ndarray) -> np.ndarray:
+    def offsets(self, ids_per_key: Sequence[int]) -> list[int]:
         """Start of each key's rows in one flat float32 buffer holding the whole answer, and
-        the total size as the last entry (elements, not bytes)."""
-        sizes = np.asarray(ids_per_key, dtype=np.int64) * np.array(self.dims(), dtype=np.int64)
-        return np.concatenate([[0], np.cumsum(sizes)])
+        the total size as the last entry (elements, not bytes). Plain ints: it runs per batch
+        on a few keys, where numpy's call overhead is most of the cost."""
+        return list(
+            accumulate((n * d for n, d in zip(ids_per_key, self.dims(), strict=True)), initial=0)
+        )
 
-    def views(self, flat: Buffer, ids_per_key: np.ndarray) -> dict[str, Buffer]:
+    def views(self, flat: Buffer, ids_per_key: Sequence[int]) -> dict[str, Buffer]:
         """Per-key [n, dim] views of a flat buffer (numpy or torch) laid out by `offsets`."""
         edges = self.offsets(ids_per_key)
         return {
-            k: flat[edges[i] : edges[i + 1]].reshape(int(ids_per_key[i]), self.by_key[k].dim)
+            k: flat[edges[i] : edges[i + 1]].reshape(ids_per_key[i], self.by_key[k].dim)
             for i, k in enumerate(self.keys)
         }

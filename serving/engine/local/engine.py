@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from itertools import accumulate
 from typing import Any
 
 import numpy as np
@@ -82,8 +83,14 @@ class LocalEngine:
             self.kernels = []
             raise EngineStartError(f"loading '{self.spec.name}' failed: {e}") from e
         if self.device == "cpu" and self.threads > 1 and len(self.kernels) > 1:
+            # One torch thread per worker (the setting is per thread): the workers already
+            # use every core, and nested parallel copies only contend (measured at 4096
+            # requests: 17 ms a lookup against 41 ms with 2 threads each).
             self._pool = ThreadPoolExecutor(
-                min(self.threads, len(self.kernels)), thread_name_prefix="seqserve-kernel"
+                min(self.threads, len(self.kernels)),
+                thread_name_prefix="seqserve-kernel",
+                initializer=torch.set_num_threads,
+                initargs=(1,),
             )
         self._serving = True
         self._warm_up()
@@ -118,8 +125,8 @@ class LocalEngine:
         with self._lock:
             if not self._serving:
                 raise EngineUnavailable("the local engine is not running")
-            with torch.no_grad():
-                outputs = self._lookup(batch)
+            # No torch.no_grad(): FBGEMM's op is called directly on buffers that need no grad.
+            outputs = self._lookup(batch)
         t2 = time.perf_counter()
         answers = split(batch, outputs, requests)
         self.last_timings = {
@@ -130,56 +137,60 @@ class LocalEngine:
         return answers
 
     def _lookup(self, batch: collate_lib.Batch) -> dict[str, np.ndarray]:
-        counts = batch.ids_per_key()
-        edges = np.concatenate([[0], np.cumsum(counts)]).tolist()
+        per_key = batch.ids_per_key().tolist()
+        bounds = list(accumulate(per_key, initial=0))
+        spans = [slice(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
         on_cpu = self.device != "cuda"
-        total = int(self.layout.offsets(counts)[-1])
+        total = self.layout.offsets(per_key)[-1]
         # The answer: one flat buffer, per-key [n, dim] views. On CPU it is numpy, whose small
         # slice assignments cost ~1 us against ~4 us for torch's; on CUDA it lives on the
         # gather device and reaches the host in one copy.
         if on_cpu:
-            answer: dict[str, Any] = self.layout.views(np.empty(total, np.float32), counts)
+            answer: dict[str, Any] = self.layout.views(np.empty(total, np.float32), per_key)
         else:
             flat = torch.empty(total, device=self._rank_device[0])
-            answer = self.layout.views(flat, counts)
+            answer = self.layout.views(flat, per_key)
         values = batch.values
         # CW's input dist: the batch's ids reach each device once.
         ids = {d: torch.from_numpy(values).to(d) for d in self._devices if d.type != "cpu"}
 
+        looked_up = sum(per_key[k] for kernel in self.kernels for k in kernel.slot_keys)
+        parallel = self._pool is not None and looked_up >= PARALLEL_MIN_ROWS
+        if on_cpu and parallel:
+            # Large copies: torch's copy kernel moves strided [n, w] blocks ~3x faster than
+            # numpy's; small ones: numpy's slice assignment has ~4x less overhead per call.
+            answer = {k: torch.from_numpy(v) for k, v in answer.items()}
+
         def run(kernel: Kernel) -> None:
-            slots = kernel.plan.slots
-            sizes = [int(counts[s.key_index]) for s in slots]
+            sizes = [per_key[k] for k in kernel.slot_keys]
             if not any(sizes):
                 return
-            offsets = np.zeros(len(slots) + 1, dtype=np.int64)
-            np.cumsum(sizes, out=offsets[1:])
+            edges = list(accumulate(sizes, initial=0))
+            offsets = torch.from_numpy(np.array(edges, dtype=np.int64))  # ~3x torch.tensor's speed
             if on_cpu:
                 indices = torch.from_numpy(
-                    np.concatenate(
-                        [values[edges[s.key_index] : edges[s.key_index + 1]] for s in slots]
-                    )
+                    np.concatenate([values[spans[k]] for k in kernel.slot_keys])
                 )
-                rows: Any = kernel.lookup(indices, torch.from_numpy(offsets)).numpy()
+                rows: Any = kernel.lookup(indices, offsets)
+                rows = rows if parallel else rows.numpy()
             else:
                 dev = ids[kernel.device]
-                indices = torch.cat(
-                    [dev[edges[s.key_index] : edges[s.key_index + 1]] for s in slots]
-                )
-                rows = kernel.lookup(indices, torch.from_numpy(offsets).to(kernel.device))
+                indices = torch.cat([dev[spans[k]] for k in kernel.slot_keys])
+                rows = kernel.lookup(indices, offsets.to(kernel.device))
             # Output dist and stitch in one step: each slot's rows go straight to its columns.
-            for s, a, b in zip(slots, offsets[:-1], offsets[1:], strict=True):
+            for (key, c0, c1), a, b in zip(kernel.targets, edges, edges[1:], strict=False):
                 if a < b:
-                    answer[s.key][:, s.start : s.end] = rows[a:b]
+                    answer[key][:, c0:c1] = rows[a:b]
 
-        looked_up = sum(int(counts[s.key_index]) for k in self.kernels for s in k.plan.slots)
-        if self._pool is not None and looked_up >= PARALLEL_MIN_ROWS:
+        if parallel:
+            assert self._pool is not None
             list(self._pool.map(run, self.kernels))
         else:
             for kernel in self.kernels:
                 run(kernel)
         if on_cpu:
-            return answer
-        return self.layout.views(flat.cpu().numpy(), counts)  # one copy to the host
+            return {k: v.numpy() if parallel else v for k, v in answer.items()}
+        return self.layout.views(flat.cpu().numpy(), per_key)  # one copy to the host
 
     # -- description -----------------------------------------------------------------------
 

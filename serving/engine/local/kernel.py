@@ -35,6 +35,9 @@ class Kernel:
     def __init__(self, plan: KernelPlan, device: torch.device):
         self.plan = plan
         self.device = device
+        # Per slot, in lookup order: the batch key whose ids it takes, and where its rows go.
+        self.slot_keys = [s.key_index for s in plan.slots]
+        self.targets = [(s.key, s.start, s.end) for s in plan.slots]
         location = EmbeddingLocation.HOST if device.type == "cpu" else EmbeddingLocation.DEVICE
         self.module = IntNBitTableBatchedEmbeddingBagsCodegen(
             [(p.name, p.rows, p.end - p.start, SparseType.FP32, location) for p in plan.pieces],
