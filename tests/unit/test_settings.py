@@ -33,3 +33,10 @@ def test_environment_then_flags(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_bad_dispatch_is_refused() -> None:
     with pytest.raises(ValueError, match="--dispatch must be split or one"):
         from_args(parse("--dispatch", "all"))
+
+
+def test_the_engine_flag_overrides_the_spec_or_is_refused() -> None:
+    assert from_args(parse()).engine == ""  # the spec's sharding.engine decides
+    assert from_args(parse("--engine", "distributed")).engine == "distributed"
+    with pytest.raises(ValueError, match="--engine must be local or distributed"):
+        from_args(parse("--engine", "dmp"))

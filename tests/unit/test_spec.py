@@ -64,6 +64,11 @@ def test_a_table_left_out_is_column_wise_one_shard_per_rank() -> None:
     assert [(s.rank, s.start, s.end) for s in plan.shards] == [(0, 0, 8), (1, 8, 16)]
 
 
+def test_the_engine_is_local_unless_the_spec_says_distributed() -> None:
+    assert parse_spec(BASE).sharding.engine == "local"
+    assert parse_spec(spec_with(sharding__engine="distributed")).sharding.engine == "distributed"
+
+
 def test_table_wise_stands_in_for_column_wise() -> None:
     raw = spec_with(sharding__tables__cats={"table_wise": 1})
     plan = parse_spec(raw).plan()["cats"]
@@ -112,6 +117,10 @@ def test_table_wise_stands_in_for_column_wise() -> None:
         ({"weights": {}}, "weights: give exactly one of 'safetensors' or 'dcp'"),
         ({"sharding__world_size": 0}, "sharding.world_size: Input should be greater than"),
         ({"tables__0__bogus": 1}, "tables.0.bogus: Extra inputs are not permitted"),
+        (
+            {"sharding__engine": "dmp"},
+            "sharding.engine: Input should be 'local' or 'distributed'",
+        ),
     ],
 )
 def test_each_rule_names_the_table_and_the_rule(changes: dict[str, Any], message: str) -> None:
