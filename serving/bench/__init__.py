@@ -7,6 +7,7 @@ in-process reference lines, results.json and plot.png.
     cpu        CPU per request of a server's processes, by role, from /proc
     check      answers compared bit for bit with the model's weights
     reference  the unsharded EmbeddingCollection and one core's index_select, in process
+    ceiling    the HTTP ceiling: a bare uvicorn app answering a stored answer, its own process
     report     level metrics, results.json, the table and the plot
     options    the subcommand's flags; run: the subcommand itself
 

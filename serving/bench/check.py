@@ -1,18 +1,24 @@
-"""Is an answer exact? Every row compared bit for bit (uint32 views) with the model's tables."""
+"""Is an answer exact? Every row compared bit for bit (uint32 views) with the model's tables;
+the Sampler checks a level's answers as they come."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import msgpack
 import numpy as np
 import orjson
 
+from serving.bench.mix import Pool
 from serving.config import ModelSpec
 
 if TYPE_CHECKING:
     import torch
+
+MAX_EXAMPLES = 5
 
 
 def feature_bits(spec: ModelSpec, tables: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -54,3 +60,39 @@ def check_single(
         return mismatch(doc["embeddings"], want, bits, fmt == "msgpack")
     except Exception as e:  # any malformed 200 is a wrong answer, not a crash
         return f"unreadable 200: {e!r}"
+
+
+@dataclass
+class Sampler:
+    """Checks answers as they come: all of the warm-up, every `every`th of each client after."""
+
+    pool: Pool
+    fmt: str
+    bits: Mapping[str, np.ndarray]
+    start: float  # perf_counter() at the end of the warm-up
+    every: int
+    checked: int = 0
+    wrong: int = 0
+    examples: list[str] = field(default_factory=list)
+    stash: list[tuple[int, bytes]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def on_ok(self, worker: int, n: int, t0: float, index: int, content: bytes) -> None:
+        if t0 < self.start:
+            self.check(index, content)  # unmeasured: check it now
+        elif self.every > 0 and n % self.every == 0:
+            self.stash.append((index, content))  # measured: check after the level
+
+    def check(self, index: int, content: bytes) -> None:
+        why = check_single(content, self.fmt, self.pool.requests[index], self.bits)
+        with self.lock:
+            self.checked += 1
+            if why:
+                self.wrong += 1
+                if len(self.examples) < MAX_EXAMPLES:
+                    self.examples.append(f"{self.fmt} request {index}: {why}")
+
+    def finish(self) -> None:
+        for index, content in self.stash:
+            self.check(index, content)
+        self.stash.clear()

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -23,6 +24,7 @@ __all__ = [
     "NotReady",
     "free_port",
     "first_answer",
+    "launch",
     "start_server",
     "stop_server",
 ]
@@ -72,24 +74,43 @@ def start_server(
 
     The server's output goes to `log`, or to our stderr so stdout carries only the table."""
     port = free_port()
-    out = log if log is not None else sys.stderr
-    proc = subprocess.Popen(
-        server_command(front, port, workdir, model), cwd=ROOT, stdout=out, stderr=out
+    proc, url = launch(
+        server_command(front, port, workdir, model),
+        front,
+        port,
+        log,
+        lambda: auth_headers(front, workdir),  # read again each try: the key file comes late
     )
+    return proc, url, auth_headers(front, workdir)
+
+
+def launch(
+    cmd: list[str],
+    what: str,
+    port: int,
+    log: IO[bytes] | None = None,
+    headers: Callable[[], dict[str, str]] = dict,
+) -> tuple[subprocess.Popen[bytes], str]:
+    """Run `cmd` (a server on 127.0.0.1:`port`) until its /ping answers 200; returns it and
+    its url. Stopped again if it does not get there, whatever stops the wait (Ctrl-C too)."""
+    out = log if log is not None else sys.stderr
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=out)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise NotReady(f"{front} exited with {proc.returncode} before it was ready")
-        try:
-            headers = auth_headers(front, workdir)
-            if httpx.get(url + "/ping", headers=headers, timeout=1).status_code == 200:
-                return proc, url, headers
-        except (httpx.TransportError, OSError, ValueError, KeyError):
-            pass  # not listening yet, or the key file is not written yet
-        time.sleep(0.25)
-    stop_server(proc)
-    raise NotReady(f"{front} not ready after {READY_TIMEOUT_S} s")
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise NotReady(f"{what} exited with {proc.returncode} before it was ready")
+            try:
+                if httpx.get(url + "/ping", headers=headers(), timeout=1).status_code == 200:
+                    return proc, url
+            except (httpx.TransportError, OSError, ValueError, KeyError):
+                pass  # not listening yet, or the key file is not written yet
+            time.sleep(0.25)
+        raise NotReady(f"{what} not ready after {READY_TIMEOUT_S} s")
+    except BaseException:
+        stop_server(proc)
+        raise
 
 
 def first_answer(

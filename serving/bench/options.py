@@ -70,6 +70,13 @@ def add_flags(p: argparse.ArgumentParser) -> None:
         default=1,
         help="torch threads for the unsharded reference; 0: torch's default, all cores (1)",
     )
+    p.add_argument(
+        "--ceiling",
+        action=argparse.BooleanOptionalAction,
+        help="the HTTP ceiling: a bare uvicorn app (uvloop, httptools) answering a stored answer "
+        "of the mix's mean size, measured after the fronts at each level, and each front's "
+        "req/s over it (default: on with --compare, off with --url)",
+    )
     p.add_argument("--timeout", type=float, default=60, help="per-request timeout, seconds (60)")
     p.add_argument(
         "--out",

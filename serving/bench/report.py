@@ -13,6 +13,14 @@ from typing import Any
 
 import numpy as np
 
+# The project's target for the FastAPI front against the HTTP ceiling (serving.bench.ceiling).
+TARGET: dict[str, Any] = {
+    "what": "FastAPI msgpack req/s over the ceiling's msgpack req/s at 32 clients",
+    "front": "fastapi",
+    "format": "msgpack",
+    "concurrency": 32,
+    "min_ratio": 0.25,
+}
 PACKAGES = (
     "torch", "torchrec", "fbgemm-gpu-cpu", "numpy", "fastapi", "uvicorn", "httpx", "msgpack",
     "orjson", "torchserve", "matplotlib",
@@ -93,11 +101,39 @@ def _cpu(r: dict[str, Any]) -> str:
     return text if client is None else f"{text} / {client:.2f}"
 
 
+def over_ceiling(
+    rows: Sequence[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Each front's req/s over the HTTP ceiling's at every level and format both ran, and
+    TARGET with its ratio (None, and `met` None, where its level did not run)."""
+    by = {(r["front"], r["format"], r["concurrency"]): r for r in rows}
+    out = []
+    for (front, fmt, n), row in by.items():
+        top = by.get(("ceiling", fmt, n))
+        if front != "ceiling" and top is not None and top["req_s"] > 0:
+            out.append(
+                {
+                    "front": front,
+                    "format": fmt,
+                    "concurrency": n,
+                    "req_s_ratio": row["req_s"] / top["req_s"],
+                    **{
+                        k: {front: row[k], "ceiling": top[k]} for k in ("req_s", "p50_ms", "p99_ms")
+                    },
+                }
+            )
+    at = ("front", "format", "concurrency")
+    ratio = next((c["req_s_ratio"] for c in out if all(c[k] == TARGET[k] for k in at)), None)
+    met = None if ratio is None else ratio >= TARGET["min_ratio"]
+    return out, {**TARGET, "ratio": ratio, "met": met}
+
+
 def comparisons(
     rows: Sequence[dict[str, Any]], references: Sequence[dict[str, Any]]
-) -> dict[str, list[dict[str, Any]]]:
-    """The ratios a reader compares: FastAPI over TorchServe at each level both ran, and each
-    front's best ids/s over one core's gather rate (index_select)."""
+) -> dict[str, Any]:
+    """The ratios a reader compares: FastAPI over TorchServe at each level both ran, each front
+    over the HTTP ceiling (over_ceiling), and each front's best ids/s over one core's gather
+    rate (index_select)."""
     by = {(r["front"], r["format"], r["concurrency"]): r for r in rows}
     fronts = []
     for (front, fmt, n), fast in by.items():
@@ -111,18 +147,25 @@ def comparisons(
                     "p99_ms": {"fastapi": fast["p99_ms"], "torchserve": slow["p99_ms"]},
                 }
             )
+    ceiling, target = over_ceiling(rows)
     gather = next((x["ids_s"] for x in references if x["name"].startswith("index_select")), None)
     to_gather = []
     if gather:
         best: dict[tuple[str, str], float] = {}
         for r in rows:
-            key = (r["front"], r["format"])
-            best[key] = max(best.get(key, 0.0), r["ids_s"])
+            if r["front"] != "ceiling":  # its answer holds no rows of the ids it was sent
+                pair = (r["front"], r["format"])
+                best[pair] = max(best.get(pair, 0.0), r["ids_s"])
         to_gather = [
             {"front": f, "format": fmt, "best_ids_s": v, "ratio": v / gather}
             for (f, fmt), v in best.items()
         ]
-    return {"fastapi_over_torchserve": fronts, "ids_s_over_gather": to_gather}
+    return {
+        "fastapi_over_torchserve": fronts,
+        "over_ceiling": ceiling,
+        "ceiling_target": target,
+        "ids_s_over_gather": to_gather,
+    }
 
 
 def table(rows: Sequence[dict[str, Any]], references: Sequence[dict[str, Any]]) -> str:
@@ -154,6 +197,23 @@ def table(rows: Sequence[dict[str, Any]], references: Sequence[dict[str, Any]]) 
                 f"| {c['format']} | {c['concurrency']} | {c['req_s_ratio']:.2f}x "
                 f"| {_ms(p99['fastapi'])}, {_ms(p99['torchserve'])} |"
             )
+    if ratios["over_ceiling"]:
+        lines += [
+            "",
+            "| front | format | clients | req/s over the ceiling's | req/s, ceiling "
+            "| p99 ms, ceiling |",
+            "| --- | --- | ---: | ---: | --- | --- |",
+        ]
+        for c in ratios["over_ceiling"]:
+            f, req_s, p99 = c["front"], c["req_s"], c["p99_ms"]
+            lines.append(
+                f"| {f} | {c['format']} | {c['concurrency']} | {c['req_s_ratio']:.3f}x "
+                f"| {req_s[f]:.1f}, {req_s['ceiling']:.1f} | {_ms(p99[f])}, {_ms(p99['ceiling'])} |"
+            )
+        t = ratios["ceiling_target"]
+        got = "not measured" if t["ratio"] is None else f"{t['ratio']:.3f}x"
+        met = {None: "", True: " (met)", False: " (not met)"}[t["met"]]
+        lines += ["", f"Target: {t['what']} >= {t['min_ratio']:g}x: {got}{met}"]
     if ratios["ids_s_over_gather"]:
         lines += ["", "| front | format | best ids/s | over index_select, 1 core |"]
         lines += ["| --- | --- | ---: | ---: |"]
@@ -172,7 +232,8 @@ def write_json(out: Path, doc: dict[str, Any]) -> Path:
 
 def plot(out: Path, rows: Sequence[dict[str, Any]], references: Sequence[dict[str, Any]]) -> Path:
     """plot.png: req/s against p99 per front and format (a line through its concurrency
-    levels), beside a bar chart of ids/s: the reference lines and each line's best level."""
+    levels; the HTTP ceiling dashed), beside a bar chart of ids/s: the reference lines and each
+    front's best level."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -189,7 +250,9 @@ def plot(out: Path, rows: Sequence[dict[str, Any]], references: Sequence[dict[st
         if not pts:
             continue
         xs, ys = [r["req_s"] for r in pts], [r["p99_ms"] for r in pts]
-        ax.plot(xs, ys, marker="o", label=label)
+        ax.plot(
+            xs, ys, marker="o", label=label, linestyle="--" if rs[0]["front"] == "ceiling" else "-"
+        )
         for r, x, y in zip(pts, xs, ys, strict=True):
             ax.annotate(
                 f"{r['concurrency']}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8
@@ -206,6 +269,8 @@ def plot(out: Path, rows: Sequence[dict[str, Any]], references: Sequence[dict[st
     names = [x["name"] for x in references]
     values = [x["ids_s"] for x in references]
     for label, rs in lines.items():
+        if rs[0]["front"] == "ceiling":
+            continue  # its ids/s counts ids it was sent, not rows it looked up
         names.append(f"{label} (best)")
         values.append(max(r["ids_s"] for r in rs))
     y = np.arange(len(names))

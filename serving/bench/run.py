@@ -1,7 +1,8 @@
 """`seqserve bench`: the reference lines, then every front x format x concurrency level.
 
 Levels run format by format, concurrency by concurrency, the fronts back to back at each level
-so drift on a shared machine hits them alike. A sample of answers is checked bit for bit
+so drift on a shared machine hits them alike; the HTTP ceiling (serving.bench.ceiling), when
+on, runs last at each level as one more "front". A sample of answers is checked bit for bit
 against the model's weights; any wrong answer makes the exit status 1.
 """
 
@@ -12,10 +13,8 @@ import shlex
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,51 +22,13 @@ from typing import Any
 import httpx
 import numpy as np
 
-from serving.bench import check, cpu, load, report, wire
+from serving.bench import ceiling, check, cpu, load, report, wire
 from serving.bench.mix import IdDist, LengthDist, Mix, Pool
 from serving.config import ModelSpec
-
-MAX_EXAMPLES = 5
 
 
 def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-@dataclass
-class Sampler:
-    """Checks answers as they come: all of the warm-up, every `every`th of each client after."""
-
-    pool: Pool
-    fmt: str
-    bits: Mapping[str, np.ndarray]
-    start: float  # perf_counter() at the end of the warm-up
-    every: int
-    checked: int = 0
-    wrong: int = 0
-    examples: list[str] = field(default_factory=list)
-    stash: list[tuple[int, bytes]] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def on_ok(self, worker: int, n: int, t0: float, index: int, content: bytes) -> None:
-        if t0 < self.start:
-            self.check(index, content)  # unmeasured: check it now
-        elif self.every > 0 and n % self.every == 0:
-            self.stash.append((index, content))  # measured: check after the level
-
-    def check(self, index: int, content: bytes) -> None:
-        why = check.check_single(content, self.fmt, self.pool.requests[index], self.bits)
-        with self.lock:
-            self.checked += 1
-            if why:
-                self.wrong += 1
-                if len(self.examples) < MAX_EXAMPLES:
-                    self.examples.append(f"{self.fmt} request {index}: {why}")
-
-    def finish(self) -> None:
-        for index, content in self.stash:
-            self.check(index, content)
-        self.stash.clear()
 
 
 def _csv(text: str, what: str, allowed: Sequence[str] | None = None) -> list[str]:
@@ -140,8 +101,14 @@ def run(args: argparse.Namespace) -> int:
         )
         for x in references:
             log(f"  {x['name']}: {report.rate(x['ids_s'])} ids/s")
+    # Off by default with --url: that server may run elsewhere (a container, another machine),
+    # where a ceiling measured here says little about it.
+    with_ceiling = bool(args.compare) if args.ceiling is None else args.ceiling
+    answers, about = ceiling.typical_answers(pool, bits, formats) if with_ceiling else ({}, None)
+    if about:
+        log(f"the HTTP ceiling answers request {about['request']}: {about['answer_bytes']} bytes")
 
-    rows, examples = _measure(args, out, fronts, formats, levels, name, pool, bits)
+    rows, examples = _measure(args, out, fronts, formats, levels, name, pool, bits, answers)
     wrong = sum(r["wrong"] for r in rows)
     doc = {
         "command": shlex.join(["seqserve", *sys.argv[1:]]),
@@ -162,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
             "reference_duration_s": args.reference_duration,
             "reference_batch": args.reference_batch,
             "reference_threads": args.reference_threads,
+            "ceiling": with_ceiling,
         },
         "mix": {
             "length_dist": str(mix.lengths),
@@ -174,11 +142,12 @@ def run(args: argparse.Namespace) -> int:
         },
         "environment": report.environment(),
         "references": references,
+        "ceiling": about,
         "results": rows,
         "comparisons": report.comparisons(rows, references),
         "checked": sum(r["checked"] for r in rows),
         "wrong": wrong,
-        "wrong_examples": examples[:MAX_EXAMPLES],
+        "wrong_examples": examples[: check.MAX_EXAMPLES],
     }
     out.mkdir(parents=True, exist_ok=True)
     path = report.write_json(out, doc)
@@ -202,24 +171,32 @@ def _measure(
     name: str,
     pool: Pool,
     bits: Mapping[str, np.ndarray],
+    answers: Mapping[str, bytes],
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Start the fronts (or reach --url), then every level; the rows and wrong answers."""
+    """Start the fronts (or reach --url) and the ceiling with `answers` (none: no ceiling),
+    then every level; the rows and wrong answers. Whatever happens, the servers it started
+    are stopped."""
     rows: list[dict[str, Any]] = []
     examples: list[str] = []
     servers: dict[str, tuple[subprocess.Popen[bytes] | None, str, dict[str, str]]] = {}
     with tempfile.TemporaryDirectory(prefix="seqserve-bench-") as tmp:
         try:
+            out.mkdir(parents=True, exist_ok=True)  # the servers' logs go there
             if args.url:
                 servers["url"] = (None, args.url.rstrip("/"), _token(args.token))
                 _reachable(servers["url"][1], servers["url"][2])
             else:
-                out.mkdir(parents=True, exist_ok=True)  # the servers' logs go there
                 for front in fronts:
                     log(f"starting {front} (its output: {out / front}.log) ...")
                     with open(out / f"{front}.log", "wb") as server_log:
                         servers[front] = load.start_server(
                             front, Path(tmp) / front, args.model, server_log
                         )
+            if answers:
+                log(f"starting the HTTP ceiling (its output: {out}/ceiling.log) ...")
+                with open(out / "ceiling.log", "wb") as server_log:
+                    top, top_url = ceiling.start(answers, Path(tmp) / "ceiling", server_log)
+                    servers["ceiling"] = (top, top_url, {})
             fmt0 = formats[0]
             for front, (_, url, auth) in servers.items():
                 target, headers = f"{url}/predictions/{name}", {**load.HEADERS[fmt0], **auth}
@@ -235,7 +212,8 @@ def _measure(
                         rows.append(row)
                         examples += sampler.examples
         except load.NotReady as e:
-            where = "" if args.url else f" (server output: {out}/<front>.log)"
+            started = not args.url or answers
+            where = f" (server output: {out}/<front>.log)" if started else ""
             raise ValueError(f"{e}{where}") from None
         finally:
             for proc, _, _ in servers.values():
@@ -267,14 +245,14 @@ def _level(
     fmt: str,
     n: int,
     server_pid: int | None,
-) -> tuple[dict[str, Any], Sampler]:
+) -> tuple[dict[str, Any], check.Sampler]:
     """One level: warm-up, then `args.duration` measured seconds with `n` clients. With the
     server's pid (a front the bench started), its processes' CPU per request too."""
     label = f"{front} {fmt} x{n}"
     t0 = time.perf_counter()
     start = t0 + args.warmup
     end = start + args.duration
-    sampler = Sampler(pool, fmt, bits, start, args.check_every)
+    sampler = check.Sampler(pool, fmt, bits, start, args.check_every)
     last = [t0, 0.0]
 
     def progress(results: list[wire.Result]) -> None:
@@ -293,7 +271,7 @@ def _level(
         {**load.HEADERS[fmt], **auth},
         n,
         end,
-        on_ok=sampler.on_ok,
+        on_ok=None if front == "ceiling" else sampler.on_ok,  # its one answer fits no check
         timeout=args.timeout,
         tick=max(1.0, (args.warmup + args.duration) / 5),
         on_tick=progress,

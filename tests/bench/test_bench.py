@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -15,7 +16,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from serving.bench import HEADERS
+from serving.bench.ceiling import typical_answers
 from serving.bench.check import check_single, feature_bits
+from serving.bench.mix import IdDist, LengthDist, Mix, Pool
 from serving.codec import encode
 from serving.config import load_spec
 from serving.engine.weights import full_tables
@@ -35,16 +39,34 @@ def bench(*flags: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def ceilings() -> set[int]:
+    """Pids of the HTTP ceiling processes running now."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        try:
+            if (
+                entry.name.isdigit()
+                and b"serving.bench.ceiling" in (entry / "cmdline").read_bytes()
+            ):
+                pids.add(int(entry.name))
+        except OSError:
+            pass  # gone meanwhile
+    return pids - {os.getpid()}
+
+
 def test_a_short_run_against_a_real_server(
     server: Server, model_path: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
+    before = ceilings()
     run = bench(
         "--url", server.url, "--model", str(model_path), "--model-name", "small",
         "--concurrency", "1,2", "--duration", "1", "--warmup", "0.5",
-        "--formats", "json,msgpack", "--reference-duration", "0.2", "--out", str(out),
+        "--formats", "json,msgpack", "--reference-duration", "0.2", "--ceiling",
+        "--out", str(out),
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
+    assert ceilings() <= before  # the bench stopped its ceiling
     doc = json.loads((out / "results.json").read_text())
     assert {"command", "environment", "references", "results", "checked", "wrong"} <= set(doc)
     assert doc["command"].startswith("seqserve bench --url")
@@ -52,26 +74,110 @@ def test_a_short_run_against_a_real_server(
     assert env["cpu_count"] > 0 and env["versions"]["torch"] and env["versions"]["matplotlib"]
     assert [x["name"] for x in doc["references"]] == [
         "unsharded EmbeddingCollection, 1 thread",
-        "sharded engine, 2 ranks",
+        "local engine, 2 ranks",
         "index_select, 1 core",
     ]
     assert all(x["ids_s"] > 0 for x in doc["references"])
     rows = doc["results"]
-    assert [(r["format"], r["concurrency"]) for r in rows] == [
-        ("json", 1), ("json", 2), ("msgpack", 1), ("msgpack", 2)
-    ]  # fmt: skip
+    assert [(r["front"], r["format"], r["concurrency"]) for r in rows] == [
+        (front, fmt, n)
+        for fmt in ("json", "msgpack")
+        for n in (1, 2)
+        for front in ("url", "ceiling")
+    ]  # the ceiling right after the server at each level
     for r in rows:
         assert r["req_s"] > 0 and r["ids_s"] > 0 and r["ok"] > 0 and r["errors"] == {}
         assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
-        assert r["checked"] > 0 and r["wrong"] == 0
+        assert r["wrong"] == 0 and (r["checked"] > 0) == (r["front"] == "url")
+        assert (r["server_cpu_ms_per_req"] is None) == (r["front"] == "url")  # started here
     assert doc["wrong"] == 0 and doc["checked"] == sum(r["checked"] for r in rows)
+    assert doc["settings"]["ceiling"] is True
+    about = doc["ceiling"]
+    assert {"what", "request", "ids", "answer_bytes"} <= set(about) and about["ids"] > 0
+    assert about["answer_bytes"]["json"] > about["answer_bytes"]["msgpack"] > 0
+    over = doc["comparisons"]["over_ceiling"]
+    assert [(c["front"], c["format"], c["concurrency"]) for c in over] == [
+        ("url", fmt, n) for fmt in ("json", "msgpack") for n in (1, 2)
+    ]
+    for c in over:
+        assert c["req_s_ratio"] == c["req_s"]["url"] / c["req_s"]["ceiling"] > 0
+        assert set(c["p50_ms"]) == set(c["p99_ms"]) == {"url", "ceiling"}
+    target = doc["comparisons"]["ceiling_target"]
+    assert (target["front"], target["format"], target["concurrency"]) == ("fastapi", "msgpack", 32)
+    assert target["min_ratio"] == 0.25 and target["ratio"] is None and target["met"] is None
     png = (out / "plot.png").read_bytes()
     assert png[:8] == PNG and png[12:16] == b"IHDR" and len(png) > 20_000
     width, height = struct.unpack(">II", png[16:24])
     assert width > 800 and height > 400
     assert "| front | format | clients | req/s |" in run.stdout
+    assert "| url | msgpack | 2 | " in run.stdout and "| ceiling | msgpack | 2 | " in run.stdout
+    assert "| front | format | clients | req/s over the ceiling's |" in run.stdout
+    assert "Target: FastAPI msgpack req/s over the ceiling's msgpack req/s at 32 clients" in (
+        run.stdout
+    )
     assert "index_select, 1 core" in run.stdout
     assert "[bench] url json x2" in run.stderr  # progress lines
+    assert "[bench] ceiling msgpack x2" in run.stderr
+
+
+def test_the_ceilings_answer_is_the_servers(server: Server, model_path: Path) -> None:
+    """Same bytes and content type as seqserve's own answer to the request it stands for."""
+    spec = load_spec(model_path)
+    mix = Mix.for_spec(spec, LengthDist.parse("lognormal:mean=20,sigma=1"), IdDist.parse("uniform"))
+    pool = Pool.build(mix, 64, ["json", "msgpack"])
+    answers, about = typical_answers(
+        pool, feature_bits(spec, full_tables(spec)), ["json", "msgpack"]
+    )
+    floats = [sum(len(v) for v in r.values()) for r in pool.requests]  # one dim: 16
+    assert abs(floats[about["request"]] - np.mean(floats)) <= min(
+        abs(x - np.mean(floats)) for x in floats
+    )
+    for fmt, answer in answers.items():
+        body = pool.bodies[fmt][about["request"]]
+        r = server.client.post("/predictions/small", content=body, headers=HEADERS[fmt])
+        assert r.status_code == 200 and r.content == answer
+        assert r.headers["content-type"] == HEADERS[fmt].get("Accept", "application/json")
+
+
+class NoModelHandler(BaseHTTPRequestHandler):
+    """Healthy, but with no model to answer: 404 to every prediction."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self.answer(200, b'{"status": "Healthy"}')
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.answer(404, b'{"code": 404}')
+
+    def answer(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_failed_run_stops_its_ceiling(model_path: Path, tmp_path: Path) -> None:
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), NoModelHandler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    before = ceilings()
+    try:
+        run = bench(
+            "--url", f"http://127.0.0.1:{httpd.server_address[1]}", "--model", str(model_path),
+            "--model-name", "small", "--reference-duration", "0", "--ceiling",
+            "--out", str(tmp_path),
+        )  # fmt: skip
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert "no 200" in run.stderr and "starting the HTTP ceiling" in run.stderr
+    assert ceilings() <= before
 
 
 class ZerosHandler(BaseHTTPRequestHandler):
