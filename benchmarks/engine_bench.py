@@ -3,15 +3,17 @@ one core's index_select, on the demo model (3 features over 2 tables, dim 64, co
 [0,1,0,1] / [1,0,1,0] over 2 ranks) and the same requests.
 
 Every path but index_select includes collate and split, so a ratio is what sharding costs end
-to end. Measurements are interleaved (each rep runs every path once, in turn) so drift on a
-shared machine hits every column alike; each cell is a median.
+to end. Measurements are interleaved (each round runs a short block of every path, in turn)
+so drift on a shared machine hits every column alike; each cell is a median.
 
-    .venv/bin/python benchmarks/engine_bench.py [--sizes 1,32,256,4096,8192] [--reps 15]
+    .venv/bin/python benchmarks/engine_bench.py [--sizes 1,32,256,4096,8192] [--reps 7]
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import json
 import statistics
 import time
@@ -55,6 +57,20 @@ def gather_1core(table: torch.Tensor, reqs) -> Callable[[], object]:
     return run
 
 
+def steady_allocator() -> None:
+    """Keep freed memory in glibc's heap for reuse instead of returning it to the kernel.
+
+    Large blocks are otherwise mmap-ed fresh per batch, and whether the unsharded path's 63 MB
+    output (4096 requests) lands on reused or fresh pages flipped its time between ~19 and
+    ~49 ms from one run to the next: page faults, not lookups. This pins every path to reused
+    memory, the unsharded one's best case.
+    """
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's mallopt parameter numbers
+    libc.mallopt(m_mmap_threshold, 1 << 30)
+    libc.mallopt(m_trim_threshold, 1 << 31)
+
+
 def timed(fn: Callable[[], object]) -> float:
     t = time.perf_counter()
     fn()
@@ -64,7 +80,8 @@ def timed(fn: Callable[[], object]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="1,32,256,4096,8192")
-    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--reps", type=int, default=7, help="rounds over every path")
+    ap.add_argument("--block", type=int, default=3, help="timed calls per path and round")
     ap.add_argument("--mean-len", type=int, default=20)
     ap.add_argument("--no-distributed", action="store_true", help="skip the DMP rank group")
     ap.add_argument(
@@ -75,6 +92,7 @@ def main() -> None:
     )
     ap.add_argument("--out", default="benchmarks/results/engine_bench.json")
     args = ap.parse_args()
+    steady_allocator()
 
     spec = demo_spec()
     rows = {f: t.num_embeddings for f, t in spec.table_of().items()}
@@ -106,7 +124,11 @@ def main() -> None:
                 fn()  # warm: buffers grow to this size once
             for _ in range(args.reps):
                 for p, fn in paths.items():
-                    times[p].append(timed(fn))
+                    # A block of calls per path, its first call not counted: it would pay for the
+                    # previous path's idle threads (torch's OpenMP pool spins a while after a
+                    # parallel region) and caches, which a server running one path never does.
+                    fn()
+                    times[p].extend(timed(fn) for _ in range(args.block))
             row: dict[str, Any] = {"sequences": size, "ids": ids}
             local.forward(reqs)
             row["local_stages_ms"] = {k: v * 1e3 for k, v in local.last_timings.items()}
@@ -122,7 +144,9 @@ def main() -> None:
     report(results)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"results": results, "reps": args.reps}, indent=2))
+    out.write_text(
+        json.dumps({"results": results, "reps": args.reps, "block": args.block}, indent=2)
+    )
     print(f"\nwrote {out}")
 
 

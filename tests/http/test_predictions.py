@@ -76,11 +76,12 @@ def test_model_spec_as_served(server: Server) -> None:
         {"rank": 1, "columns": [12, 16], "device": "cpu"},
     ]
     assert tables["shops"]["sharding"] == "table_wise"
-    # Where each shard lives: rank 1 holds two width-4 shards of each CW table and the whole
-    # table-wise shops (width 16), so two kernels; every weight byte is counted once.
+    # Where each shard lives: rank 1 holds two width-4 shards of each CW table (packed to
+    # width 8) and the whole table-wise shops (width 16), so two kernels; every weight byte is
+    # counted once.
     ranks = {r["rank"]: r for r in spec["ranks"]}
-    assert sorted(k["width"] for k in ranks[1]["kernels"]) == [4, 16]
-    assert [k["width"] for k in ranks[0]["kernels"]] == [4]
+    assert sorted((k["width"], k["shards"]) for k in ranks[1]["kernels"]) == [(8, 4), (16, 1)]
+    assert [(k["width"], k["shards"]) for k in ranks[0]["kernels"]] == [(8, 4)]
     assert sum(r["bytes"] for r in ranks.values()) == (5000 + 50 + 30) * 16 * 4
     assert server.client.get("/docs").status_code == 200
     assert "/predictions/{model}" in server.client.get("/openapi.json").json()["paths"]

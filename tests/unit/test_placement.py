@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from serving.engine.layout import Layout
-from serving.engine.local.placement import kernel_plans
+from serving.engine.local.placement import Piece, kernel_plans
 from tests.distributed.plans import spec
 
 # items [1, 0, 0] (width 4), cats [0, 1, 1] (width 4), shops table-wise on rank 1 (width 12)
@@ -16,38 +16,44 @@ SPEC = spec(
 )
 
 
-def test_each_rank_gets_one_kernel_per_width_holding_its_shards_in_column_order() -> None:
+def test_a_ranks_shards_of_a_table_pack_into_one_piece_and_kernels_group_by_width() -> None:
     plans = kernel_plans(SPEC)
-    assert [(p.rank, p.width) for p in plans] == [(0, 4), (1, 4), (1, 12)]
-    rank0, rank1, rank1_wide = plans
-    assert [(p.table, p.shard, p.start, p.end) for p in rank0.pieces] == [
-        ("items", 1, 4, 8),
-        ("items", 2, 8, 12),
-        ("cats", 0, 0, 4),
-    ]
-    assert [(p.table, p.shard) for p in rank1.pieces] == [("items", 0), ("cats", 1), ("cats", 2)]
-    assert [(p.table, p.start, p.end) for p in rank1_wide.pieces] == [("shops", 0, 12)]
+    # rank 0: items shards 1+2 (8 wide); cats shard 0 (4). rank 1: items 0 (4), cats 1+2 (8),
+    # shops whole (12).
+    assert [(p.rank, p.width) for p in plans] == [(0, 8), (0, 4), (1, 4), (1, 8), (1, 12)]
+    (items0,) = plans[0].pieces
+    assert (items0.table, items0.shards, items0.columns) == ("items", (1, 2), ((4, 8), (8, 12)))
+    assert [(p.table, p.shards) for p in plans[3].pieces] == [("cats", (1, 2))]
+    assert plans[4].pieces[0].columns == ((0, 12),)
 
 
-def test_a_slot_per_feature_of_each_piece_writes_that_pieces_columns() -> None:
+def test_packed_columns_go_to_their_answer_columns_adjacent_ones_in_one_copy() -> None:
+    def piece(columns: tuple[tuple[int, int], ...]) -> Piece:
+        return Piece("t", 10, tuple(range(len(columns))), columns)
+
+    # shards 1 and 2 of a width-4 table: adjacent in the answer too, one copy
+    assert piece(((4, 8), (8, 12))).copies() == ((0, 8, 4, 12),)
+    # shards 0 and 2 ([0, 1, 0, 1] on rank 0): two copies
+    assert piece(((0, 4), (8, 12))).copies() == ((0, 4, 0, 4), (4, 8, 8, 12))
+
+
+def test_a_slot_per_feature_of_each_piece() -> None:
     rank0 = kernel_plans(SPEC)[0]
-    # items serves a and b, cats serves c: two slots per items piece, one per cats piece.
-    assert [(s.key, s.piece, s.start, s.end) for s in rank0.slots] == [
-        ("a", 0, 4, 8),
-        ("b", 0, 4, 8),
-        ("a", 1, 8, 12),
-        ("b", 1, 8, 12),
-        ("c", 2, 0, 4),
+    # items serves a and b: one slot each, both copying the piece's columns to [4, 12).
+    assert [(s.key, s.key_index, s.piece, s.copies) for s in rank0.slots] == [
+        ("a", 0, 0, ((0, 8, 4, 12),)),
+        ("b", 1, 0, ((0, 8, 4, 12),)),
     ]
-    assert [s.key_index for s in rank0.slots] == [0, 1, 0, 1, 2]
 
 
-def test_every_answer_column_is_written_by_exactly_one_slot() -> None:
+def test_every_answer_column_is_written_by_exactly_one_copy() -> None:
     layout = Layout.of(SPEC)
     written = {k: np.zeros(layout.by_key[k].dim, dtype=int) for k in layout.keys}
     for plan in kernel_plans(SPEC):
         for s in plan.slots:
-            written[s.key][s.start : s.end] += 1
+            for s0, s1, d0, d1 in s.copies:
+                assert s1 - s0 == d1 - d0 and s1 <= plan.width
+                written[s.key][d0:d1] += 1
     assert all((w == 1).all() for w in written.values()), written
 
 

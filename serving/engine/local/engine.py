@@ -28,6 +28,7 @@ from serving.config import EngineKind, ModelSpec
 from serving.engine import weights
 from serving.engine.base import Answer, Request, default_device, gpu_count
 from serving.engine.layout import Layout
+from serving.engine.local.answers import AnswerBuffers
 from serving.engine.local.kernel import Kernel
 from serving.engine.local.placement import kernel_plans
 from serving.errors import EngineStartError, EngineUnavailable
@@ -35,7 +36,14 @@ from serving.split import split
 
 # Below this many looked-up rows per batch, handing kernels to threads costs more than it
 # saves (measured in benchmarks/engine_bench.py: ~30 us of hand-off against ~4 ms at 4096).
-PARALLEL_MIN_ROWS = 32_768
+PARALLEL_MIN_ROWS = 65536
+# From this many looked-up rows, torch's copy kernel stitches strided [n, w] blocks ~3x faster
+# than numpy's slice assignment; below it, numpy's ~4x smaller per-call overhead wins.
+TORCH_COPY_MIN_ROWS = 4096
+# Large batches are looked up in parts of about this many ids per key: each part's kernel
+# output stays small enough to be reused by the allocator and to sit in cache until it is
+# stitched, instead of fresh pages per batch, and parts spread evenly over the threads.
+PART_IDS = 8192
 
 
 class LocalEngine:
@@ -52,6 +60,7 @@ class LocalEngine:
         self.last_timings: dict[str, float] = {}
         self._rank_device: dict[int, torch.device] = {}
         self._devices: set[torch.device] = set()
+        self._buffers = AnswerBuffers()
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()  # one batch at a time: kernels and buffers are shared
         self._serving = False
@@ -138,15 +147,14 @@ class LocalEngine:
 
     def _lookup(self, batch: collate_lib.Batch) -> dict[str, np.ndarray]:
         per_key = batch.ids_per_key().tolist()
-        bounds = list(accumulate(per_key, initial=0))
-        spans = [slice(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
+        starts = list(accumulate(per_key, initial=0))  # each key's first id in batch.values
         on_cpu = self.device != "cuda"
         total = self.layout.offsets(per_key)[-1]
         # The answer: one flat buffer, per-key [n, dim] views. On CPU it is numpy, whose small
         # slice assignments cost ~1 us against ~4 us for torch's; on CUDA it lives on the
         # gather device and reaches the host in one copy.
         if on_cpu:
-            answer: dict[str, Any] = self.layout.views(np.empty(total, np.float32), per_key)
+            answer: dict[str, Any] = self.layout.views(self._buffers.take(total), per_key)
         else:
             flat = torch.empty(total, device=self._rank_device[0])
             answer = self.layout.views(flat, per_key)
@@ -156,13 +164,19 @@ class LocalEngine:
 
         looked_up = sum(per_key[k] for kernel in self.kernels for k in kernel.slot_keys)
         parallel = self._pool is not None and looked_up >= PARALLEL_MIN_ROWS
-        if on_cpu and parallel:
-            # Large copies: torch's copy kernel moves strided [n, w] blocks ~3x faster than
-            # numpy's; small ones: numpy's slice assignment has ~4x less overhead per call.
+        parts = -(-max(per_key) // PART_IDS) if parallel else 1
+        big = looked_up >= TORCH_COPY_MIN_ROWS
+        if on_cpu and big:
             answer = {k: torch.from_numpy(v) for k, v in answer.items()}
 
-        def run(kernel: Kernel) -> None:
-            sizes = [per_key[k] for k in kernel.slot_keys]
+        def run(kernel: Kernel, part: int) -> None:
+            # This part's share of each key's ids: [lo, hi) within the key.
+            ranges = [(n * part // parts, n * (part + 1) // parts) for n in per_key]
+            spans = [
+                slice(starts[k] + ranges[k][0], starts[k] + ranges[k][1])
+                for k in range(len(per_key))
+            ]
+            sizes = [ranges[k][1] - ranges[k][0] for k in kernel.slot_keys]
             if not any(sizes):
                 return
             edges = list(accumulate(sizes, initial=0))
@@ -172,24 +186,29 @@ class LocalEngine:
                     np.concatenate([values[spans[k]] for k in kernel.slot_keys])
                 )
                 rows: Any = kernel.lookup(indices, offsets)
-                rows = rows if parallel else rows.numpy()
+                rows = rows if big else rows.numpy()
             else:
                 dev = ids[kernel.device]
                 indices = torch.cat([dev[spans[k]] for k in kernel.slot_keys])
                 rows = kernel.lookup(indices, offsets.to(kernel.device))
             # Output dist and stitch in one step: each slot's rows go straight to its columns.
-            for (key, c0, c1), a, b in zip(kernel.targets, edges, edges[1:], strict=False):
+            for k, (key, copies), a, b in zip(
+                kernel.slot_keys, kernel.targets, edges, edges[1:], strict=False
+            ):
                 if a < b:
-                    answer[key][:, c0:c1] = rows[a:b]
+                    lo, hi = ranges[k]
+                    for s0, s1, d0, d1 in copies:
+                        answer[key][lo:hi, d0:d1] = rows[a:b, s0:s1]
 
+        jobs = [(kernel, part) for part in range(parts) for kernel in self.kernels]
         if parallel:
             assert self._pool is not None
-            list(self._pool.map(run, self.kernels))
+            list(self._pool.map(lambda job: run(*job), jobs))
         else:
-            for kernel in self.kernels:
-                run(kernel)
+            for job in jobs:
+                run(*job)
         if on_cpu:
-            return {k: v.numpy() if parallel else v for k, v in answer.items()}
+            return {k: v.numpy() if big else v for k, v in answer.items()}
         return self.layout.views(flat.cpu().numpy(), per_key)  # one copy to the host
 
     # -- description -----------------------------------------------------------------------
@@ -202,7 +221,11 @@ class LocalEngine:
                 {"rank": k.plan.rank, "device": str(k.device), "kernels": [], "bytes": 0},
             )
             r["kernels"].append(
-                {"width": k.plan.width, "dtype": "fp32", "pieces": len(k.plan.pieces)}
+                {
+                    "width": k.plan.width,
+                    "dtype": "fp32",
+                    "shards": sum(len(p.shards) for p in k.plan.pieces),
+                }
             )
             r["bytes"] += k.nbytes
         return {

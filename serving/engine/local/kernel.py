@@ -37,10 +37,10 @@ class Kernel:
         self.device = device
         # Per slot, in lookup order: the batch key whose ids it takes, and where its rows go.
         self.slot_keys = [s.key_index for s in plan.slots]
-        self.targets = [(s.key, s.start, s.end) for s in plan.slots]
+        self.targets = [(s.key, s.copies) for s in plan.slots]
         location = EmbeddingLocation.HOST if device.type == "cpu" else EmbeddingLocation.DEVICE
         self.module = IntNBitTableBatchedEmbeddingBagsCodegen(
-            [(p.name, p.rows, p.end - p.start, SparseType.FP32, location) for p in plan.pieces],
+            [(p.name, p.rows, p.width, SparseType.FP32, location) for p in plan.pieces],
             feature_table_map=[s.piece for s in plan.slots],
             pooling_mode=PoolingMode.NONE,
             device=device,
@@ -55,12 +55,16 @@ class Kernel:
         self._at = names.index("indices"), names.index("offsets")
 
     def shards(self) -> list[LocalShard]:
-        """Float32 [rows, width] views of the kernel's weights: writing one loads a piece."""
+        """Float32 [rows, w] views of each shard's packed columns: writing one loads a shard."""
         out = []
         for p, (w, _) in zip(self.plan.pieces, self.module.split_embedding_weights(), strict=True):
-            view = w.view(torch.float32)
-            assert view.shape == (p.rows, p.end - p.start), view.shape
-            out.append(LocalShard(p.table, (0, p.rows), (p.start, p.end), view))
+            packed = w.view(torch.float32)
+            assert packed.shape == (p.rows, p.width), packed.shape
+            at = 0
+            for start, end in p.columns:
+                view = packed[:, at : at + end - start]
+                out.append(LocalShard(p.table, (0, p.rows), (start, end), view))
+                at += end - start
         return out
 
     @property
