@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -56,6 +57,10 @@ def _job(rank: int, world: int, port: int, path: str, tables: dict[str, torch.Te
                 s.tensor.copy_(tables[n][r0 : r0 + nr, c0 : c0 + nc])
     dcp.save(state, checkpoint_id=path)
     dist.destroy_process_group()
+    # Done: leave without running C++ static destructors. About 1 exit in 8 aborted there
+    # ("terminate called without an active exception", SIGABRT) after the checkpoint was
+    # complete, failing the test that only needed the checkpoint.
+    os._exit(0)
 
 
 def save_checkpoint(path: Path, tables: dict[str, torch.Tensor], world: int = 2) -> None:
