@@ -10,13 +10,22 @@ count says whether any view is still alive.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import numpy as np
 
 
+def host(size: int) -> np.ndarray:
+    return np.empty(size, dtype=np.float32)
+
+
 class AnswerBuffers:
-    def __init__(self, keep: int = 2):
+    """`allocate(size)` makes a float32 buffer: plain host memory by default; on CUDA hosts,
+    page-locked memory, which the device copies answers into at full speed."""
+
+    def __init__(self, keep: int = 2, allocate: Callable[[int], np.ndarray] = host):
         self.keep = keep
+        self.allocate = allocate
         self._free: list[np.ndarray] = []
 
     def take(self, size: int) -> np.ndarray:
@@ -26,7 +35,7 @@ class AnswerBuffers:
             # still held by a caller, whose answer must not be overwritten.
             if buf.size >= size and sys.getrefcount(buf) == 3:
                 return buf[:size]
-        buf = np.empty(max(size, 1), dtype=np.float32)
+        buf = self.allocate(max(size, 1))
         self._free.insert(0, buf)
         del self._free[self.keep :]  # a dropped buffer lives on while its views do
         return buf[:size]

@@ -46,6 +46,10 @@ TORCH_COPY_MIN_ROWS = 4096
 PART_IDS = 8192
 
 
+def pinned(size: int) -> np.ndarray:
+    return torch.empty(size, dtype=torch.float32, pin_memory=True).numpy()
+
+
 class LocalEngine:
     kind: EngineKind = "local"
 
@@ -79,6 +83,7 @@ class LocalEngine:
             if not gpus:
                 raise EngineStartError("device cuda asked for, but CUDA is not available")
             self._rank_device = {r: torch.device("cuda", r % gpus) for r in range(world)}
+            self._buffers = AnswerBuffers(allocate=pinned)
         else:
             self._rank_device = {r: torch.device("cpu") for r in range(world)}
         try:
@@ -209,7 +214,9 @@ class LocalEngine:
                 run(*job)
         if on_cpu:
             return {k: v.numpy() if big else v for k, v in answer.items()}
-        return self.layout.views(flat.cpu().numpy(), per_key)  # one copy to the host
+        host = self._buffers.take(total)
+        torch.from_numpy(host).copy_(flat)  # one copy to the host, into page-locked memory
+        return self.layout.views(host, per_key)
 
     # -- description -----------------------------------------------------------------------
 
