@@ -24,9 +24,9 @@ import torch.distributed as dist
 from serving import codec
 from serving.collate import Request, collate
 from serving.config import ModelSpec, load_spec
-from serving.engine import model as model_lib
 from serving.engine import weights
 from serving.engine.base import Answer, default_device
+from serving.engine.distributed import dmp
 from serving.engine.distributed.lookup import idle_batch, lookup, warm_up
 from serving.engine.local.engine import LocalEngine
 from serving.engine.quiet import quiet_torch_logs
@@ -83,7 +83,7 @@ class SeqServeHandler:
             # torchrun set MASTER_ADDR/PORT, RANK and WORLD_SIZE: the env:// rendezvous.
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         weights.check(spec)
-        self.model = model_lib.shard(spec, self.device)
+        self.model = dmp.shard(spec, self.device)
         weights.load(spec, self.model, self.rank)
         warm_up(spec, self.model, self.device)
         log.info("seqserve rank %d of %d joined", self.rank, world)

@@ -1,1 +1,1 @@
-"""The sharded engine: rank processes holding a DMP-sharded EmbeddingCollection."""
+"""Engines: `local` (one process, no collectives) and `distributed` (rank processes)."""

@@ -14,7 +14,8 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from serving.config import ModelSpec, TableSpec
-from serving.engine.model import LocalShard, state_key
+from serving.engine.distributed.dmp import state_key
+from serving.engine.model import LocalShard
 from serving.errors import SpecError
 
 

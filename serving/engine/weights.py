@@ -17,7 +17,7 @@ from safetensors import safe_open
 from tqdm import tqdm
 
 from serving.config import ModelSpec, TableSpec
-from serving.engine.model import LocalShard, local_shards
+from serving.engine.model import LocalShard
 from serving.errors import SpecError
 
 # Rows per copy step: bounds the temporary memory and paces the progress bar.
@@ -71,6 +71,8 @@ def load(spec: ModelSpec, model: torch.nn.Module, rank: int) -> None:
 
         dcp.load(spec, model, w.dcp)
         return
+    from serving.engine.distributed.dmp import local_shards
+
     fill(spec, list(local_shards(spec, model)), f"rank {rank} weights")
 
 

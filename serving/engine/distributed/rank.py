@@ -16,8 +16,8 @@ import torch
 import torch.distributed as dist
 
 from serving.config import ModelSpec
-from serving.engine import model as model_lib
 from serving.engine import weights
+from serving.engine.distributed import dmp
 from serving.engine.distributed.lookup import lookup, warm_up
 from serving.engine.distributed.transport import (
     Done,
@@ -101,7 +101,7 @@ def _start(args: RankArgs) -> tuple[torch.nn.Module, torch.device]:
     dist.init_process_group(
         backend, store=dist.PrefixStore(args.store_prefix, store), rank=args.rank, world_size=world
     )
-    model = model_lib.shard(args.spec, device)
+    model = dmp.shard(args.spec, device)
     weights.load(args.spec, model, args.rank)
     return model, device
 

@@ -1,0 +1,1 @@
+"""The distributed engine: TorchRec DistributedModelParallel rank processes (gloo or NCCL)."""
