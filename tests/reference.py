@@ -45,7 +45,7 @@ def assert_exact(
         assert set(got) == set(want), f"request {i}: features {set(got)} != {set(want)}"
         for k, rows in want.items():
             assert got[k].dtype == np.float32
-            assert got[k].shape == (len(requests[i][k]), spec.embedding_dim)
+            assert got[k].shape == (len(requests[i][k]), spec.table_of()[k].embedding_dim)
             assert torch.equal(torch.from_numpy(np.ascontiguousarray(got[k])), rows), (
                 f"request {i} feature {k}: rows differ"
             )

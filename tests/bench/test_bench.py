@@ -139,19 +139,15 @@ def test_the_ceilings_answer_is_the_servers(server: Server, model_path: Path) ->
         assert r.headers["content-type"] == HEADERS[fmt].get("Accept", "application/json")
 
 
-class NoModelHandler(BaseHTTPRequestHandler):
-    """Healthy, but with no model to answer: 404 to every prediction."""
+class FakeServer(BaseHTTPRequestHandler):
+    """A healthy /ping and JSON answers; subclasses say what a prediction gets."""
 
-    protocol_version = "HTTP/1.1"
+    protocol_version = "HTTP/1.1"  # keep-alive, as the bench client expects
 
     def do_GET(self) -> None:
-        self.answer(200, b'{"status": "Healthy"}')
+        self.answer(b'{"status": "Healthy"}')
 
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers["Content-Length"]))
-        self.answer(404, b'{"code": 404}')
-
-    def answer(self, status: int, body: bytes) -> None:
+    def answer(self, body: bytes, status: int = 200) -> None:
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
@@ -160,6 +156,14 @@ class NoModelHandler(BaseHTTPRequestHandler):
 
     def log_message(self, *args: Any) -> None:
         pass
+
+
+class NoModelHandler(FakeServer):
+    """Healthy, but with no model to answer: 404 to every prediction."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.answer(b'{"code": 404}', 404)
 
 
 def test_a_failed_run_stops_its_ceiling(model_path: Path, tmp_path: Path) -> None:
@@ -180,28 +184,13 @@ def test_a_failed_run_stops_its_ceiling(model_path: Path, tmp_path: Path) -> Non
     assert ceilings() <= before
 
 
-class ZerosHandler(BaseHTTPRequestHandler):
+class ZerosHandler(FakeServer):
     """The contract's JSON shape with every row zero: well formed, and wrong."""
-
-    protocol_version = "HTTP/1.1"  # keep-alive, as the bench client expects
-
-    def do_GET(self) -> None:
-        self.answer(b'{"status": "Healthy"}')
 
     def do_POST(self) -> None:
         features = json.loads(self.rfile.read(int(self.headers["Content-Length"])))["features"]
         rows = {f: [[0.0] * 16 for _ in ids] for f, ids in features.items()}
         self.answer(json.dumps({"embeddings": rows}).encode())
-
-    def answer(self, body: bytes) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from serving.engine.distributed import rank as rank_lib
 from serving.engine.distributed.group import Backoff, GroupFailed, RankGroup, RestartAttempt
 from serving.engine.distributed.lookup import idle_batch
 from serving.engine.distributed.transport import Done, Forward, Ready
+from serving.engine.layout import Layout
 from serving.errors import EngineStartError, EngineUnavailable
 from serving.split import split
 
@@ -75,8 +76,9 @@ class DistributedEngine:
         self.start_timeout = start_timeout
         self.batch_timeout = batch_timeout
         self.restart_backoff_max = restart_backoff_max
-        self.keys = tuple(spec.features)
-        self.rows = {f: t.num_embeddings for f, t in spec.table_of().items()}
+        self.layout = Layout.of(spec)
+        self.keys = self.layout.keys
+        self.rows = self.layout.rows
         # Held while a batch runs and while the group is swapped, never while one starts, so
         # forward() answers at once during a restart.
         self._lock = threading.Lock()
@@ -340,7 +342,6 @@ class DistributedEngine:
             raise EngineUnavailable("the rank group is not running")
 
     def _run(self, group: RankGroup, batches: list[Batch]) -> list[dict[str, np.ndarray]]:
-        dim = self.spec.embedding_dim
         idle = Forward(self.keys, *idle_batch(self.keys))
         for r, conn in enumerate(group.conns):
             try:
@@ -348,7 +349,8 @@ class DistributedEngine:
                     b = batches[r]
                     pid = group.procs[r].pid
                     assert pid is not None
-                    group.buffers[r].ensure(b.values.size * dim * 4, conn, pid)
+                    size = self.layout.offsets(b.ids_per_key().tolist())[-1]
+                    group.buffers[r].ensure(size * 4, conn, pid)
                     conn.send(Forward(b.keys, b.lengths, b.values))
                 else:
                     # Every rank joins every collective; an idle one looks up one empty
@@ -366,9 +368,8 @@ class DistributedEngine:
                 # Out of step with its peers: this group cannot be trusted with another batch.
                 raise GroupFailed(f"forward: rank {r} returned {counts} rows per key")
             # One copy out of the shared buffer: the next batch overwrites it.
-            flat = group.buffers[r].rows(sum(counts), dim).copy()
-            edges = np.cumsum((0, *counts))
-            outputs.append({k: flat[edges[i] : edges[i + 1]] for i, k in enumerate(b.keys)})
+            flat = group.buffers[r].floats(self.layout.offsets(counts)[-1]).copy()
+            outputs.append(self.layout.views(flat, counts))
         self.last_timings = {
             "ranks_s": t1 - t0,
             "lookup_s": max(d.lookup_s for d in done),

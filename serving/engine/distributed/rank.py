@@ -107,7 +107,6 @@ def _start(args: RankArgs) -> tuple[torch.nn.Module, torch.device]:
 
 
 def _serve(spec: ModelSpec, model: torch.nn.Module, device: torch.device, conn: Connection) -> None:
-    dim = spec.embedding_dim
     buf: mmap.mmap | None = None
     while True:
         msg = conn.recv()
@@ -123,13 +122,16 @@ def _serve(spec: ModelSpec, model: torch.nn.Module, device: torch.device, conn: 
             outputs = lookup(model, device, msg.keys, msg.lengths, msg.values)
             t1 = time.perf_counter()
             rows = tuple(int(v.shape[0]) for v in outputs)
-            if sum(rows):
+            size = sum(v.numel() for v in outputs)
+            if size:
+                # Key after key, each [rows, its dim]: the driver's Layout reads them back.
                 assert buf is not None, "the driver sends a buffer before rows are due"
-                dest = torch.frombuffer(buf, dtype=torch.float32, count=sum(rows) * dim)
+                dest = torch.frombuffer(buf, dtype=torch.float32, count=size)
+                flat = [v.reshape(-1) for v in outputs]
                 if device.type == "cpu":
-                    torch.cat(outputs, out=dest.view(-1, dim))
+                    torch.cat(flat, out=dest)
                 else:
-                    dest.view(-1, dim).copy_(torch.cat(outputs))
+                    dest.copy_(torch.cat(flat))
             conn.send(Done(rows, t1 - t0, time.perf_counter() - t1))
         except Exception:
             conn.send(Failed(traceback.format_exc()))

@@ -74,11 +74,12 @@ class OutputBuffer:
         finally:
             os.close(fd)
 
-    def rows(self, count: int, dim: int) -> np.ndarray:
+    def floats(self, count: int) -> np.ndarray:
+        """The first `count` float32 values the rank wrote (a view: copy before the next batch)."""
         if count == 0:
-            return np.zeros((0, dim), dtype=np.float32)
+            return np.zeros(0, dtype=np.float32)
         assert self._mm is not None
-        return np.frombuffer(self._mm, dtype=np.float32, count=count * dim).reshape(count, dim)
+        return np.frombuffer(self._mm, dtype=np.float32, count=count)
 
     def close(self) -> None:
         if self._mm is not None:
