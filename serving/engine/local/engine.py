@@ -34,8 +34,9 @@ from serving.engine.local.placement import kernel_plans
 from serving.errors import EngineStartError, EngineUnavailable
 from serving.split import split
 
-# Below this many looked-up rows per batch, handing kernels to threads costs more than it
-# saves (measured in benchmarks/engine_bench.py: ~30 us of hand-off against ~4 ms at 4096).
+# From this many looked-up rows per batch, the kernels run on the thread pool (measured with
+# benchmarks/engine_bench.py: at 256 requests, ~31k rows, in turn was faster; at 4096,
+# ~490k rows, the pool took a lookup from ~30 ms to ~14 ms).
 PARALLEL_MIN_ROWS = 65536
 # From this many looked-up rows, torch's copy kernel stitches strided [n, w] blocks ~3x faster
 # than numpy's slice assignment; below it, numpy's ~4x smaller per-call overhead wins.
@@ -59,7 +60,7 @@ class LocalEngine:
         self.layout = Layout.of(spec)
         self.keys = self.layout.keys
         self.rows = self.layout.rows
-        self.threads = threads or (os.cpu_count() or 1)
+        self.threads = threads or len(os.sched_getaffinity(0))  # the cores this process may use
         self.kernels: list[Kernel] = []
         self.last_timings: dict[str, float] = {}
         self._rank_device: dict[int, torch.device] = {}
@@ -96,12 +97,12 @@ class LocalEngine:
         except Exception as e:
             self.kernels = []
             raise EngineStartError(f"loading '{self.spec.name}' failed: {e}") from e
-        if self.device == "cpu" and self.threads > 1 and len(self.kernels) > 1:
+        if self.device == "cpu" and self.threads > 1:
             # One torch thread per worker (the setting is per thread): the workers already
             # use every core, and nested parallel copies only contend (measured at 4096
             # requests: 17 ms a lookup against 41 ms with 2 threads each).
             self._pool = ThreadPoolExecutor(
-                min(self.threads, len(self.kernels)),
+                self.threads,
                 thread_name_prefix="seqserve-kernel",
                 initializer=torch.set_num_threads,
                 initargs=(1,),
