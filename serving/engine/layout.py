@@ -34,6 +34,7 @@ class KeyLayout:
 class Layout:
     keys: tuple[str, ...]  # every feature, in spec order: the key order of every batch
     by_key: Mapping[str, KeyLayout]
+    dims: tuple[int, ...]  # each key's dim, in key order
 
     @classmethod
     def of(cls, spec: ModelSpec) -> Layout:
@@ -43,27 +44,25 @@ class Layout:
             for t in spec.tables
             for f in t.features
         }
-        return cls(tuple(spec.features), by_key)
+        keys = tuple(spec.features)
+        return cls(keys, by_key, tuple(by_key[k].dim for k in keys))
 
     @property
     def rows(self) -> dict[str, int]:
         return {k: v.rows for k, v in self.by_key.items()}
-
-    def dims(self) -> list[int]:
-        return [self.by_key[k].dim for k in self.keys]
 
     def offsets(self, ids_per_key: Sequence[int]) -> list[int]:
         """Start of each key's rows in one flat float32 buffer holding the whole answer, and
         the total size as the last entry (elements, not bytes). Plain ints: it runs per batch
         on a few keys, where numpy's call overhead is most of the cost."""
         return list(
-            accumulate((n * d for n, d in zip(ids_per_key, self.dims(), strict=True)), initial=0)
+            accumulate((n * d for n, d in zip(ids_per_key, self.dims, strict=True)), initial=0)
         )
 
     def views(self, flat: Buffer, ids_per_key: Sequence[int]) -> dict[str, Buffer]:
         """Per-key [n, dim] views of a flat buffer (numpy or torch) laid out by `offsets`."""
         edges = self.offsets(ids_per_key)
         return {
-            k: flat[edges[i] : edges[i + 1]].reshape(ids_per_key[i], self.by_key[k].dim)
+            k: flat[edges[i] : edges[i + 1]].reshape(ids_per_key[i], self.dims[i])
             for i, k in enumerate(self.keys)
         }
