@@ -25,12 +25,12 @@ def example_body(spec: ModelSpec) -> dict[str, object]:
     return {"features": {first: [0, rows[first].num_embeddings - 1]}}
 
 
-def banner(spec: ModelSpec, settings: ServerSettings) -> str:
+def banner(spec: ModelSpec, settings: ServerSettings, engine: str) -> str:
     url = f"http://{settings.host}:{settings.port}"
     body = json.dumps(example_body(spec))
     return (
         f"seqserve: model '{spec.name}' ready on {url} "
-        f"({spec.sharding.world_size} ranks, {settings.engine or spec.sharding.engine} engine)\n"
+        f"({spec.sharding.world_size} ranks, {engine} engine)\n"
         f"  curl -s -X POST {url}/predictions/{spec.name} "
         f"-H 'Content-Type: application/json' -d '{body}'\n"
         f"  health {url}/ping   spec {url}/models/{spec.name}   metrics {url}/metrics   "
@@ -62,7 +62,7 @@ def serve(spec: ModelSpec, settings: ServerSettings) -> int:
         # (a p99 of ~210 ms against ~60 ms without, at 32 clients on the demo).
         gc.collect()
         gc.freeze()
-        print(banner(spec, settings), flush=True)
+        print(banner(spec, settings, engine.kind), flush=True)
 
     def on_fatal(error: BaseException) -> None:
         nonlocal exit_code
