@@ -175,13 +175,18 @@ class LocalEngine:
         if on_cpu and big:
             answer = {k: torch.from_numpy(v) for k, v in answer.items()}
 
+        # Each part's share of each key's ids: [lo, hi) within the key, and where those ids
+        # sit in batch.values. Shared by every kernel of the part.
+        ranges_of = [
+            [(n * p // parts, n * (p + 1) // parts) for n in per_key] for p in range(parts)
+        ]
+        spans_of = [
+            [slice(start + lo, start + hi) for start, (lo, hi) in zip(starts, r, strict=False)]
+            for r in ranges_of
+        ]
+
         def run(kernel: Kernel, part: int) -> None:
-            # This part's share of each key's ids: [lo, hi) within the key.
-            ranges = [(n * part // parts, n * (part + 1) // parts) for n in per_key]
-            spans = [
-                slice(starts[k] + ranges[k][0], starts[k] + ranges[k][1])
-                for k in range(len(per_key))
-            ]
+            ranges, spans = ranges_of[part], spans_of[part]
             sizes = [ranges[k][1] - ranges[k][0] for k in kernel.slot_keys]
             if not any(sizes):
                 return
