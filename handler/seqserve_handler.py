@@ -21,7 +21,7 @@ import orjson
 import torch
 import torch.distributed as dist
 
-from serving import codec
+from serving import codec, settings
 from serving.collate import Request, collate
 from serving.config import ModelSpec, load_spec
 from serving.engine import weights
@@ -44,7 +44,7 @@ class SeqServeHandler:
         self.engine: LocalEngine | None = None  # the local engine
         self.model: torch.nn.Module | None = None  # the distributed engine: this rank's shards
         self.device = torch.device("cpu")
-        self.limits = codec.Limits()
+        self.limits = settings.limits({})
 
     def initialize(self, context: Any) -> None:
         quiet_torch_logs()
@@ -57,13 +57,7 @@ class SeqServeHandler:
             self.engine.start()
         else:
             self._join_group(spec)
-        self.limits = codec.Limits(
-            max_body_bytes=int(options.get("max_body_bytes", codec.Limits.max_body_bytes)),
-            max_ids_per_request=int(
-                options.get("max_ids_per_request", codec.Limits.max_ids_per_request)
-            ),
-            max_instances=int(options.get("max_instances", codec.Limits.max_instances)),
-        )
+        self.limits = settings.limits(options)
         self.spec = spec
         self.initialized = True
         log.info("seqserve ready for '%s' (%s engine)", spec.name, spec.sharding.engine)

@@ -24,16 +24,18 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BatchSettings:
-    max_batch_size: int = 64  # items per batch
-    max_batch_ids: int = 65536  # summed cost per batch
+    """What closes a batch; the defaults and help live in `serving.settings.OPTIONS`."""
+
+    max_batch_size: int  # items per batch
+    max_batch_ids: int  # summed cost per batch
     # How long a batch may wait for more items, counted from its oldest item's arrival: items
     # that queued while the engine was busy have waited already, so they go at once.
-    max_delay_s: float = 0.005
+    max_delay_ms: float
     # A batch also closes once no item has arrived for this long: a lone request does not wait
     # out the whole delay, while a burst of arrivals (many clients) still fills the batch.
-    max_gap_s: float = 0.002
-    max_queue: int = 1024  # items waiting, not counting the batch being processed
-    retry_after_s: float = 1.0  # advice given with QueueFull
+    max_gap_ms: float
+    max_queue: int  # items waiting, not counting the batch being processed
+    retry_after_s: float  # advice given with QueueFull
 
 
 @dataclass
@@ -49,11 +51,11 @@ class Batcher(Generic[T, R]):
     def __init__(
         self,
         process: Callable[[list[T]], Awaitable[list[R]]],
-        settings: BatchSettings | None = None,
+        settings: BatchSettings,
         on_batch: Callable[[int, int], None] | None = None,
     ):
         self._process = process
-        self._settings = settings or BatchSettings()
+        self._settings = settings
         self._on_batch = on_batch
         # A deque rather than asyncio.Queue: the loop must peek at the head to decide whether
         # it still fits the cost budget, and leave it in place for the next batch if not.
@@ -147,7 +149,7 @@ class Batcher(Generic[T, R]):
                     break
                 timeout = None
                 if batch:
-                    quiet_at = batch[-1].arrived + settings.max_gap_s
+                    quiet_at = batch[-1].arrived + settings.max_gap_ms / 1000
                     timeout = min(close_at, quiet_at) - loop.time()
                 if timeout is not None and timeout <= 0:
                     break
@@ -161,7 +163,7 @@ class Batcher(Generic[T, R]):
             if not self._wanted(head):
                 continue
             if not batch:
-                close_at = head.arrived + settings.max_delay_s
+                close_at = head.arrived + settings.max_delay_ms / 1000
             batch.append(head)
             cost += head.cost
         # Items may have been cancelled or expired while the batch was held open.

@@ -24,9 +24,11 @@ _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 @dataclass(frozen=True)
 class Limits:
-    max_body_bytes: int = 4 * 1024 * 1024
-    max_ids_per_request: int = 16384  # summed over every feature and instance of one body
-    max_instances: int = 256
+    """Request size limits; the defaults and help live in `serving.settings.OPTIONS`."""
+
+    max_body_bytes: int
+    max_ids_per_request: int  # summed over every feature and instance of one body
+    max_instances: int
 
 
 @dataclass

@@ -1,10 +1,19 @@
-"""Server settings: one table of options; flags, then SEQSERVE_* environment, then defaults."""
+"""Server settings, declared once: each option's flag, environment variable, default and help.
+
+`OPTIONS` is the only place a default is written. The `seqserve serve` flags, the settings
+objects (`ServerSettings`, `codec.Limits`, `batching.BatchSettings`), the README's table
+(`python -m serving.settings`) and the TorchServe template's limits all come from it.
+Precedence: flag, then SEQSERVE_* environment, then the default.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
-from dataclasses import dataclass, field
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,19 +24,26 @@ from serving.config import ENGINE_KINDS
 
 @dataclass(frozen=True)
 class Option:
-    name: str  # flag --name-with-dashes, environment SEQSERVE_NAME
+    name: str  # flag --name-with-dashes, environment SEQSERVE_NAME, field of the settings
     type: type
     default: Any
     help: str
+    choices: tuple[str, ...] = ()
+    shown: str = ""  # the default as the README table says it, where the value is not telling
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
 
     @property
     def env(self) -> str:
         return "SEQSERVE_" + self.name.upper()
 
 
-OPTIONS = [
+OPTIONS = (
     Option("host", str, "127.0.0.1", "address to bind; anything but loopback exposes the server"),
-    Option("port", int, 8080, "port to listen on"),
+    Option("port", int, 8080, "HTTP port: the native API and the Open Inference Protocol REST"),
+    Option("grpc_port", int, 8081, "Open Inference Protocol gRPC port, bound on --host"),
     Option("max_batch_size", int, 64, "sequences per batch, at most"),
     Option("max_batch_ids", int, 65536, "ids per batch, at most"),
     Option("max_delay_ms", float, 5.0, "how long a batch waits for more requests, from its oldest"),
@@ -35,43 +51,102 @@ OPTIONS = [
     Option("max_queue", int, 1024, "sequences waiting for a batch; beyond it, 503 + Retry-After"),
     Option("retry_after_s", float, 1.0, "the Retry-After given with a 503 for a full queue"),
     Option("request_timeout_s", float, 30.0, "deadline of a request; past it, 504"),
+    Option(
+        "read_timeout_s",
+        float,
+        30.0,
+        "a request whose headers and body have not all arrived by then is dropped with 408",
+    ),
+    Option(
+        "max_connections",
+        int,
+        1024,
+        "open HTTP connections (and gRPC calls in flight), at most; beyond it, refused with 503",
+    ),
     Option("rank_timeout_s", float, 10.0, "a batch with no reply from a rank this long: restart"),
     Option("max_body_bytes", int, 4 * 1024 * 1024, "request body size limit; beyond it, 413"),
-    Option("max_ids_per_request", int, 16384, "ids in one HTTP request; beyond it, 413"),
-    Option("max_instances", int, 256, "sequences in one `instances` request; beyond it, 413"),
-    Option("engine", str, "", "local or distributed (default: the spec's sharding.engine, local)"),
+    Option("max_ids_per_request", int, 16384, "ids in one request; beyond it, 413"),
+    Option("max_instances", int, 256, "sequences in one request; beyond it, 413"),
+    Option(
+        "engine",
+        str,
+        "",
+        "local or distributed (default: the spec's sharding.engine, local)",
+        choices=("", *ENGINE_KINDS),
+        shown="the spec's",
+    ),
     Option(
         "dispatch",
         str,
         "split",
         "distributed engine: how a batch reaches the ranks, split (a slice each) or one",
+        choices=("split", "one"),
     ),
-    Option("auth_token", str, "", "bearer token required on predictions and metadata (none: open)"),
-]
+    Option(
+        "auth_token",
+        str,
+        "",
+        "bearer token required on predictions and metadata (none: open)",
+        shown="none",
+    ),
+)
+BY_NAME = {o.name: o for o in OPTIONS}
 
 
 @dataclass(frozen=True)
 class ServerSettings:
-    host: str = "127.0.0.1"
-    port: int = 8080
-    request_timeout_s: float = 30.0
-    rank_timeout_s: float = 10.0
-    engine: str = ""  # empty: the spec's
-    dispatch: str = "split"
-    auth_token: str = ""
-    limits: Limits = field(default_factory=Limits)
-    batch: BatchSettings = field(default_factory=BatchSettings)
+    host: str
+    port: int
+    grpc_port: int
+    request_timeout_s: float
+    read_timeout_s: float
+    max_connections: int
+    rank_timeout_s: float
+    engine: str  # empty: the spec's
+    dispatch: str
+    auth_token: str
+    limits: Limits
+    batch: BatchSettings
+
+    @classmethod
+    def of(cls, values: Mapping[str, Any]) -> ServerSettings:
+        """Settings from option values by name; an option not given takes its default."""
+        unknown = set(values) - set(BY_NAME)
+        if unknown:
+            raise ValueError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        given = {o.name: values.get(o.name, o.default) for o in OPTIONS}
+        for o in OPTIONS:
+            if o.choices and given[o.name] not in o.choices:
+                allowed = " or ".join(c for c in o.choices if c)
+                raise ValueError(f"{o.flag} must be {allowed}, not {given[o.name]!r}")
+
+        def pick(kind: Any) -> dict[str, Any]:
+            return {f.name: given[f.name] for f in dataclasses.fields(kind) if f.name in given}
+
+        return cls(
+            **pick(cls), limits=Limits(**pick(Limits)), batch=BatchSettings(**pick(BatchSettings))
+        )
+
+
+def defaults(**overrides: Any) -> ServerSettings:
+    """The default settings, with `overrides` by option name (tests, embedding)."""
+    return ServerSettings.of(overrides)
+
+
+def limits(values: Mapping[str, Any]) -> Limits:
+    """Limits from string or number values by name (TorchServe's handler options)."""
+    names = [f.name for f in dataclasses.fields(Limits)]
+    return defaults(**{n: int(values[n]) for n in names if n in values}).limits
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
     for o in OPTIONS:
         raw = os.environ.get(o.env)
-        default = o.type(raw) if raw is not None else o.default
         parser.add_argument(
-            "--" + o.name.replace("_", "-"),
+            o.flag,
             type=o.type,
-            default=default,
-            help=f"{o.help} (env {o.env}, default {o.default})",
+            default=o.type(raw) if raw is not None else o.default,
+            help=f"{o.help} (env {o.env}, default {o.shown or o.default})",
         )
     parser.add_argument(
         "--model",
@@ -82,29 +157,17 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def from_args(args: argparse.Namespace) -> ServerSettings:
-    if args.dispatch not in ("split", "one"):
-        raise ValueError(f"--dispatch must be split or one, not {args.dispatch!r}")
-    if args.engine not in ("", *ENGINE_KINDS):
-        raise ValueError(f"--engine must be local or distributed, not {args.engine!r}")
-    return ServerSettings(
-        host=args.host,
-        port=args.port,
-        request_timeout_s=args.request_timeout_s,
-        rank_timeout_s=args.rank_timeout_s,
-        engine=args.engine,
-        dispatch=args.dispatch,
-        auth_token=args.auth_token,
-        limits=Limits(
-            max_body_bytes=args.max_body_bytes,
-            max_ids_per_request=args.max_ids_per_request,
-            max_instances=args.max_instances,
-        ),
-        batch=BatchSettings(
-            max_batch_size=args.max_batch_size,
-            max_batch_ids=args.max_batch_ids,
-            max_delay_s=args.max_delay_ms / 1000,
-            max_gap_s=args.max_gap_ms / 1000,
-            max_queue=args.max_queue,
-            retry_after_s=args.retry_after_s,
-        ),
-    )
+    return ServerSettings.of({o.name: getattr(args, o.name) for o in OPTIONS})
+
+
+def markdown_table() -> str:
+    """The README's settings table."""
+    lines = ["| flag | environment | default | what |", "| --- | --- | --- | --- |"]
+    for o in OPTIONS:
+        lines.append(f"| `{o.flag}` | `{o.env}` | {o.shown or o.default} | {o.help} |")
+    lines.append("| `--model` | `SEQSERVE_MODEL` | the built-in demo | model.yaml to serve |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(markdown_table())

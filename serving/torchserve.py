@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from serving import settings
 from serving.config import ModelSpec
 from serving.engine import weights
 from serving.errors import SpecError
@@ -64,6 +66,7 @@ def archive(
                 device_type=device_type,
                 parallel=_parallel(spec),
                 spec="model.yaml",
+                **dataclasses.asdict(settings.defaults().limits),
             )
         )
         (Path(tmp) / "model-config.yaml").write_text(config)

@@ -11,8 +11,13 @@ import pytest
 
 from serving.batching import Batcher, BatchSettings
 from serving.errors import DeadlineExceeded, EngineUnavailable, QueueFull
+from serving.settings import defaults
 
-NEVER = 60.0  # a delay no test waits for: batches must close for another reason
+NEVER = 60_000.0  # ms: a delay no test waits for: batches must close for another reason
+
+
+def batch_settings(**options: Any) -> BatchSettings:
+    return defaults(**options).batch
 
 
 def run(coro: Coroutine[Any, Any, None]) -> None:
@@ -59,7 +64,7 @@ def test_batch_closes_at_max_size() -> None:
     async def main() -> None:
         engine = Engine()
         batcher = Batcher(
-            engine, BatchSettings(max_batch_size=3, max_delay_s=NEVER, max_gap_s=NEVER)
+            engine, batch_settings(max_batch_size=3, max_delay_ms=NEVER, max_gap_ms=NEVER)
         )
         tasks = [spawn(batcher, i) for i in range(6)]
         await until(lambda: batcher.queue_depth == 6)
@@ -75,8 +80,8 @@ def test_batch_closes_at_max_ids_and_oversized_item_goes_alone() -> None:
     async def main() -> None:
         engine = Engine()
         seen: list[tuple[int, int]] = []
-        settings = BatchSettings(
-            max_batch_size=100, max_batch_ids=10, max_delay_s=NEVER, max_gap_s=NEVER
+        settings = batch_settings(
+            max_batch_size=100, max_batch_ids=10, max_delay_ms=NEVER, max_gap_ms=NEVER
         )
         batcher = Batcher(engine, settings, on_batch=lambda n, cost: seen.append((n, cost)))
         costs = [4, 4, 4, 20, 3, 7]  # the last pair fills the budget exactly
@@ -95,7 +100,7 @@ def test_batch_below_size_waits_for_delay() -> None:
     async def main() -> None:
         engine = Engine()
         batcher = Batcher(
-            engine, BatchSettings(max_batch_size=4, max_delay_s=NEVER, max_gap_s=NEVER)
+            engine, batch_settings(max_batch_size=4, max_delay_ms=NEVER, max_gap_ms=NEVER)
         )
         tasks = [spawn(batcher, 0)]
         await until(lambda: batcher.queue_depth == 1)
@@ -116,7 +121,7 @@ def test_delay_counts_from_first_item_not_from_each() -> None:
     async def main() -> None:
         engine = Engine()
         batcher = Batcher(
-            engine, BatchSettings(max_batch_size=100, max_delay_s=0.05, max_gap_s=NEVER)
+            engine, batch_settings(max_batch_size=100, max_delay_ms=50, max_gap_ms=NEVER)
         )
         batcher.start()
         # One item every 10 ms for 200 ms: a timer restarted per item would never expire.
@@ -136,7 +141,7 @@ def test_delay_counts_from_first_item_not_from_each() -> None:
 def test_small_delay_closes_a_lone_item() -> None:
     async def main() -> None:
         engine = Engine()
-        batcher = Batcher(engine, BatchSettings(max_batch_size=100, max_delay_s=0.001))
+        batcher = Batcher(engine, batch_settings(max_batch_size=100, max_delay_ms=1))
         batcher.start()
         assert await batcher.submit(7, 1) == 70
         assert engine.batches == [[7]]
@@ -152,7 +157,9 @@ def test_items_that_queued_behind_a_batch_go_at_once() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         engine = Engine(gated=True)
-        batcher = Batcher(engine, BatchSettings(max_batch_size=3, max_delay_s=0.3, max_gap_s=NEVER))
+        batcher = Batcher(
+            engine, batch_settings(max_batch_size=3, max_delay_ms=300, max_gap_ms=NEVER)
+        )
         batcher.start()
         first = [spawn(batcher, i) for i in range(3)]  # full: runs at once, held on the gate
         await until(lambda: len(engine.batches) == 1)
@@ -173,7 +180,9 @@ def test_quiet_gap_closes_a_lone_item_before_the_delay() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         engine = Engine()
-        batcher = Batcher(engine, BatchSettings(max_batch_size=100, max_delay_s=2, max_gap_s=0.01))
+        batcher = Batcher(
+            engine, batch_settings(max_batch_size=100, max_delay_ms=2000, max_gap_ms=10)
+        )
         batcher.start()
         t0 = loop.time()
         assert await batcher.submit(7, 1) == 70
@@ -187,7 +196,7 @@ def test_a_burst_within_the_gap_fills_one_batch() -> None:
     async def main() -> None:
         engine = Engine()
         batcher = Batcher(
-            engine, BatchSettings(max_batch_size=100, max_delay_s=NEVER, max_gap_s=0.2)
+            engine, batch_settings(max_batch_size=100, max_delay_ms=NEVER, max_gap_ms=200)
         )
         batcher.start()
         tasks = []
@@ -205,7 +214,7 @@ def test_expired_item_is_not_computed() -> None:
     async def main() -> None:
         engine = Engine(gated=True)
         batcher = Batcher(
-            engine, BatchSettings(max_batch_size=1, max_delay_s=NEVER, max_gap_s=NEVER)
+            engine, batch_settings(max_batch_size=1, max_delay_ms=NEVER, max_gap_ms=NEVER)
         )
         batcher.start()
         first = spawn(batcher, 1)
@@ -228,7 +237,7 @@ def test_cancelled_caller_is_dropped_while_queued() -> None:
     async def main() -> None:
         engine = Engine(gated=True)
         batcher = Batcher(
-            engine, BatchSettings(max_batch_size=1, max_delay_s=NEVER, max_gap_s=NEVER)
+            engine, batch_settings(max_batch_size=1, max_delay_ms=NEVER, max_gap_ms=NEVER)
         )
         batcher.start()
         first = spawn(batcher, 1)
@@ -249,7 +258,7 @@ def test_cancelled_caller_is_dropped_from_an_open_batch() -> None:
     async def main() -> None:
         engine = Engine()
         batcher = Batcher(
-            engine, BatchSettings(max_batch_size=10, max_delay_s=NEVER, max_gap_s=NEVER)
+            engine, batch_settings(max_batch_size=10, max_delay_ms=NEVER, max_gap_ms=NEVER)
         )
         first, gone, kept = spawn(batcher, 1), spawn(batcher, 2), spawn(batcher, 3)
         await until(lambda: batcher.queue_depth == 3)
@@ -267,7 +276,7 @@ def test_cancelled_caller_is_dropped_from_an_open_batch() -> None:
 def test_full_queue_refuses_with_retry_after() -> None:
     async def main() -> None:
         engine = Engine(gated=True)
-        settings = BatchSettings(max_batch_size=1, max_queue=2, retry_after_s=0.5)
+        settings = batch_settings(max_batch_size=1, max_queue=2, retry_after_s=0.5)
         batcher = Batcher(engine, settings)
         batcher.start()
         tasks = [spawn(batcher, 0)]
@@ -290,7 +299,7 @@ def test_result_count_mismatch_fails_every_caller() -> None:
 
     async def main() -> None:
         batcher = Batcher(
-            short, BatchSettings(max_batch_size=2, max_delay_s=NEVER, max_gap_s=NEVER)
+            short, batch_settings(max_batch_size=2, max_delay_ms=NEVER, max_gap_ms=NEVER)
         )
         tasks = [spawn(batcher, 1), spawn(batcher, 2)]
         batcher.start()
@@ -310,7 +319,7 @@ def test_process_error_reaches_its_batch_and_loop_goes_on() -> None:
 
     async def main() -> None:
         batcher = Batcher(
-            flaky, BatchSettings(max_batch_size=2, max_delay_s=NEVER, max_gap_s=NEVER)
+            flaky, batch_settings(max_batch_size=2, max_delay_ms=NEVER, max_gap_ms=NEVER)
         )
         tasks = [spawn(batcher, "bad"), spawn(batcher, "x")]
         batcher.start()
@@ -328,7 +337,7 @@ def test_stop_drains_accepted_items_then_refuses() -> None:
     async def main() -> None:
         engine = Engine(gated=True)
         batcher = Batcher(
-            engine, BatchSettings(max_batch_size=1, max_delay_s=NEVER, max_gap_s=NEVER)
+            engine, batch_settings(max_batch_size=1, max_delay_ms=NEVER, max_gap_ms=NEVER)
         )
         batcher.start()
         tasks = [spawn(batcher, i) for i in range(3)]
@@ -351,7 +360,7 @@ def test_stop_without_drain_fails_what_is_left() -> None:
     async def main() -> None:
         engine = Engine(gated=True)
         batcher = Batcher(
-            engine, BatchSettings(max_batch_size=1, max_delay_s=NEVER, max_gap_s=NEVER)
+            engine, batch_settings(max_batch_size=1, max_delay_ms=NEVER, max_gap_ms=NEVER)
         )
         batcher.start()
         tasks = [spawn(batcher, i) for i in range(3)]

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from serving.codec import Decoded, Limits, decode
 from serving.config import parse_spec
 from serving.errors import InvalidInput, PayloadTooLarge, SeqServeError, UnsupportedMediaType
+from serving.settings import defaults
 
 SPEC = parse_spec(
     {
@@ -25,7 +26,7 @@ SPEC = parse_spec(
         "sharding": {"world_size": 1},
     }
 )
-LIMITS = Limits()
+LIMITS = defaults().limits
 ROWS = {"a": 100, "b": 100, "c": 10}
 MSGPACK = "application/msgpack"
 
@@ -76,7 +77,7 @@ def test_msgpack_single_form() -> None:
 
 
 def test_limits_are_inclusive() -> None:
-    limits = Limits(max_body_bytes=10_000, max_ids_per_request=6, max_instances=2)
+    limits = defaults(max_body_bytes=10_000, max_ids_per_request=6, max_instances=2).limits
     doc = {"instances": [{"features": {"a": [1, 2, 3], "c": [1]}}, {"features": {"b": [4, 5]}}]}
     assert len(dec_json(doc, limits).requests) == 2
 
@@ -222,12 +223,12 @@ def test_invalid_bytes_are_400(body: bytes, content_type: str, says: str) -> Non
 def test_body_over_the_limit_is_413() -> None:
     body = json.dumps({"features": {"a": [1] * 100}}).encode()
     with pytest.raises(PayloadTooLarge, match=f"body is {len(body)} bytes; the limit is 100"):
-        decode(body, None, SPEC, Limits(max_body_bytes=100))
-    decode(body, None, SPEC, Limits(max_body_bytes=len(body)))
+        decode(body, None, SPEC, defaults(max_body_bytes=100).limits)
+    decode(body, None, SPEC, defaults(max_body_bytes=len(body)).limits)
 
 
 def test_ids_over_the_limit_are_413_summed_over_features_and_instances() -> None:
-    limits = Limits(max_ids_per_request=5)
+    limits = defaults(max_ids_per_request=5).limits
     with pytest.raises(PayloadTooLarge, match="6 ids; the limit is 5"):
         dec_json({"features": {"a": [1, 2, 3], "c": [1, 2, 3]}}, limits)
     doc = {"instances": [{"features": {"a": [1, 2, 3]}}, {"features": {"b": [1, 2, 3]}}]}
@@ -240,7 +241,7 @@ def test_ids_over_the_limit_are_413_summed_over_features_and_instances() -> None
 def test_instances_over_the_limit_are_413() -> None:
     doc = {"instances": [{"features": {}}] * 3}
     with pytest.raises(PayloadTooLarge, match="3 instances; the limit is 2"):
-        dec_json(doc, Limits(max_instances=2))
+        dec_json(doc, defaults(max_instances=2).limits)
 
 
 @pytest.mark.parametrize(
@@ -274,7 +275,9 @@ SHAPED = st.fixed_dictionaries({"features": FEATURES}) | st.fixed_dictionaries(
 
 def check_decode(body: bytes, content_type: str) -> None:
     try:
-        d = decode(body, content_type, SPEC, Limits(max_ids_per_request=20, max_instances=3))
+        d = decode(
+            body, content_type, SPEC, defaults(max_ids_per_request=20, max_instances=3).limits
+        )
     except SeqServeError:
         return
     assert isinstance(d, Decoded) and d.requests

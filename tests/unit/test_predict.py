@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import orjson
 
-from serving.batching import Batcher, BatchSettings
+from serving.batching import Batcher
 from serving.demo import demo_spec
 from serving.metrics import Metrics
 from serving.predict import ROUTE, Predictions
-from serving.settings import ServerSettings
+from serving.settings import defaults
 
 SPEC = demo_spec()
 BODY = orjson.dumps({"features": {"item_id": [1, 2]}})
@@ -37,7 +37,7 @@ def call(
 
     async def main() -> tuple[list[dict[str, Any]], list[str], Metrics]:
         metrics = Metrics(queue_depth=lambda: 0, ranks_ready=lambda: 2)
-        batcher: Batcher[Any, Any] = Batcher(process, BatchSettings(max_delay_s=0.001))
+        batcher: Batcher[Any, Any] = Batcher(process, defaults(max_delay_ms=1).batch)
         batcher.start()
         inbox = list(messages or [{"type": "http.request", "body": BODY, "more_body": False}])
         sent: list[dict[str, Any]] = []
@@ -56,7 +56,7 @@ def call(
             passed.append(scope["path"])
 
         route = Predictions(
-            app, spec=SPEC, settings=ServerSettings(), batcher=batcher,
+            app, spec=SPEC, settings=defaults(), batcher=batcher,
             ready=lambda: True, metrics=metrics,
         )  # fmt: skip
         scope = {

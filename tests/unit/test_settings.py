@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from pathlib import Path
 
 import pytest
 
-from serving.settings import add_flags, from_args
+from serving.settings import OPTIONS, add_flags, defaults, from_args, limits, markdown_table
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -18,16 +22,16 @@ def parse(*argv: str) -> argparse.Namespace:
 def test_defaults_bind_loopback() -> None:
     s = from_args(parse())
     assert (s.host, s.port) == ("127.0.0.1", 8080)
-    assert s.batch.max_batch_size == 64 and s.batch.max_delay_s == 0.005
-    assert s.batch.max_gap_s == 0.002
+    assert s.batch.max_batch_size == 64 and s.batch.max_delay_ms == 5
+    assert s.batch.max_gap_ms == 2
 
 
 def test_environment_then_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SEQSERVE_MAX_BATCH_SIZE", "7")
     monkeypatch.setenv("SEQSERVE_PORT", "9000")
     s = from_args(parse("--port", "9100", "--max-delay-ms", "7", "--max-gap-ms", "3"))
-    assert s.batch.max_batch_size == 7 and s.port == 9100 and s.batch.max_delay_s == 0.007
-    assert s.batch.max_gap_s == 0.003
+    assert s.batch.max_batch_size == 7 and s.port == 9100 and s.batch.max_delay_ms == 7
+    assert s.batch.max_gap_ms == 3
 
 
 def test_a_bad_dispatch_is_refused() -> None:
@@ -40,3 +44,29 @@ def test_the_engine_flag_overrides_the_spec_or_is_refused() -> None:
     assert from_args(parse("--engine", "distributed")).engine == "distributed"
     with pytest.raises(ValueError, match="--engine must be local or distributed"):
         from_args(parse("--engine", "dmp"))
+
+
+def test_every_option_lands_in_exactly_one_setting() -> None:
+    s = defaults()
+    fields = {f.name: s for f in dataclasses.fields(s) if f.name not in ("limits", "batch")}
+    fields |= {f.name: s.limits for f in dataclasses.fields(s.limits)}
+    fields |= {f.name: s.batch for f in dataclasses.fields(s.batch)}
+    assert sorted(fields) == sorted(o.name for o in OPTIONS)
+    for o in OPTIONS:
+        assert getattr(fields[o.name], o.name) == o.default, o.name
+    assert defaults(max_queue=3).batch.max_queue == 3
+    with pytest.raises(ValueError, match="unknown setting"):
+        defaults(max_queues=3)
+
+
+def test_the_readme_table_is_the_declared_one() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert markdown_table() in readme, "run: python -m serving.settings, paste into README.md"
+
+
+def test_the_torchserve_template_takes_the_declared_limits(tmp_path: Path) -> None:
+    text = (ROOT / "serving" / "templates" / "model-config.yaml").read_text()
+    names = [f.name for f in dataclasses.fields(defaults().limits)]
+    for name in names:
+        assert f"{name}: {{{name}}}" in text
+    assert limits({"max_instances": "9"}) == defaults(max_instances=9).limits
