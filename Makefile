@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 PIP := PIP_CONSTRAINT=$(CURDIR)/constraints.txt $(BIN)/pip install --quiet -c constraints.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: install serve test lint bench clean
+.PHONY: install serve test lint bench proto clean
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ lint: install
 
 test: lint
 	$(BIN)/pytest -q
+
+# The Open Inference Protocol's gRPC stubs, checked in beside serving/fronts/proto/*.proto.
+proto: install
+	$(BIN)/python serving/fronts/proto/generate.py
 
 bench: install
 	$(BIN)/python benchmarks/engine_bench.py

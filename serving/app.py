@@ -1,4 +1,5 @@
-"""The FastAPI front: routes, the one error -> status map, lifespan of the batcher and ranks."""
+"""The FastAPI server: the native routes, the Open Inference Protocol fronts, FastAPI's own error
+rendering (native shape), and the lifespan of the service and the gRPC server."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import numpy as np
 from fastapi import Depends, FastAPI, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -19,24 +19,25 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving import codec
-from serving import predict as predict_route
-from serving.batching import Batcher
 from serving.config import ModelSpec
-from serving.engine.base import Answer, Engine
-from serving.errors import SeqServeError, Unauthorized, UnknownModel
+from serving.engine.base import Engine
+from serving.errors import SeqServeError
+from serving.fronts import native, v2_grpc
+from serving.fronts.asgi import Reply
+from serving.fronts.native import Predictions, error_reply, seqserve_error_reply
+from serving.fronts.v2_rest import V2Rest
 from serving.metrics import Metrics
-from serving.predict import Predictions, error_reply, seqserve_error_reply, token_ok
 from serving.schemas import error_responses, predict_openapi
+from serving.service import Service
 from serving.settings import ServerSettings
 
 log = logging.getLogger("seqserve")
 
 HTTP_NAMES = {404: "NotFound", 405: "MethodNotAllowed", 400: "InvalidInput"}
+VERSION = "0.1.0"
 
-Ids = dict[str, np.ndarray]
 
-
-def response(reply: predict_route.Reply) -> Response:
+def response(reply: Reply) -> Response:
     status, body, headers = reply
     return Response(body, status_code=status, headers={k.decode(): v.decode() for k, v in headers})
 
@@ -48,59 +49,39 @@ def create_app(
     on_ready: Callable[[], None] | None = None,
     on_fatal: Callable[[BaseException], None] | None = None,
 ) -> FastAPI:
+    """The HTTP server of one service: native routes, the Open Inference Protocol over REST
+    here and over gRPC on --grpc-port (started and stopped with the app)."""
+    service = Service(settings, engine)
     spec = engine.spec
-
-    async def process(batch: list[Ids]) -> list[Answer]:
-        return await asyncio.to_thread(engine.forward, batch)
 
     # The schema names the one model served, so clients and fuzzers know the valid {model}.
     model_param = Path(
         description="the served model's name", json_schema_extra={"enum": [spec.name]}
     )
-    metrics = Metrics(queue_depth=lambda: batcher.queue_depth, ranks_ready=lambda: _ranks_ready())
-    batcher: Batcher[Ids, Answer] = Batcher(process, settings.batch, on_batch=metrics.on_batch)
-
-    def _ranks_ready() -> float:
-        return float(spec.sharding.world_size if engine.ready else 0)
-
-    async def start_engine() -> None:
-        try:
-            await asyncio.to_thread(engine.start)
-        except BaseException as e:  # the ranks' traceback is in the message
-            log.error("the rank group failed to start: %s", e)
-            if on_fatal:
-                on_fatal(e)
-            return
-        if on_ready:
-            on_ready()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        batcher.start()
-        starting = asyncio.create_task(start_engine())
+        grpc_server = await v2_grpc.start(service, settings.host, settings.grpc_port, VERSION)
+        starting = asyncio.create_task(service.start(on_ready, on_fatal))
         try:
             yield
         finally:
-            # Uvicorn has stopped accepting and answered what was in flight; drain the queue.
-            await batcher.stop(drain=True)
+            # Uvicorn has stopped accepting and answered what was in flight; gRPC does the
+            # same within the request timeout, then the queue is drained.
+            await grpc_server.stop(settings.request_timeout_s)
             await starting
-            await asyncio.to_thread(engine.close)
+            await service.stop()
 
     # Our metrics are Prometheus (/metrics); FastAPI's native OpenTelemetry hooks would look up
     # providers on every request for nothing.
     no_otel: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
-    app = FastAPI(title="seqserve", version="0.1.0", lifespan=lifespan, telemetry=no_otel)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
-    # Added last, so outermost: the hot route skips the layers above (serving.predict says why).
-    app.add_middleware(
-        Predictions,
-        spec=spec,
-        settings=settings,
-        batcher=batcher,
-        ready=lambda: engine.ready,
-        metrics=metrics,
-    )
-    app.state.metrics = metrics
+    app = FastAPI(title="seqserve", version=VERSION, lifespan=lifespan, telemetry=no_otel)
+    app.add_middleware(MetricsMiddleware, metrics=service.metrics)
+    # Added last, so outermost: the hot routes skip the layers above (serving.fronts.native).
+    app.add_middleware(V2Rest, service=service, server_version=VERSION)
+    app.add_middleware(Predictions, service=service)
+    app.state.metrics = service.metrics
+    app.state.service = service
 
     @app.exception_handler(SeqServeError)
     async def _seqserve_error(request: Request, exc: SeqServeError) -> Response:
@@ -116,18 +97,15 @@ def create_app(
         return response(error_reply(400, "InvalidInput", str(exc.errors())))
 
     bearer = HTTPBearer(auto_error=False, description="the server's --auth-token, if it has one")
-    token = settings.auth_token.encode()
 
     async def authorized(
         credentials: HTTPAuthorizationCredentials | None = Depends(bearer),  # noqa: B008
     ) -> None:
-        given = credentials.credentials.encode() if credentials else b""
-        if not token_ok(given, token):
-            raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
+        service.authorize(f"Bearer {credentials.credentials}" if credentials else None)
 
     # Dependencies cost per request in FastAPI: attach the token check only when there is one.
-    guarded = [Depends(authorized)] if token else []
-    document_predictions(app, spec, secured=bool(token))
+    guarded = [Depends(authorized)] if settings.auth_token else []
+    document_predictions(app, spec, secured=bool(settings.auth_token))
 
     @app.get("/ping", responses=error_responses(503) | {200: {"description": "healthy"}})
     async def ping() -> Response:
@@ -137,15 +115,12 @@ def create_app(
 
     @app.get("/models/{model}", dependencies=guarded, responses=error_responses(401, 404))
     async def describe(model: str = model_param) -> dict[str, Any]:
-        if model != spec.name:
-            raise UnknownModel(
-                f"model '{model}' is not served here; this server serves '{spec.name}'"
-            )
-        return describe_model(engine)
+        service.model(model)
+        return {**describe_model(engine), "version": service.version}
 
     @app.get("/metrics", response_class=Response)
     async def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
 
@@ -165,7 +140,7 @@ def document_predictions(app: FastAPI, spec: ModelSpec, secured: bool) -> None:
             }
             if secured:
                 operation["security"] = [{"HTTPBearer": []}]
-            doc["paths"] = {predict_route.ROUTE: {"post": operation}, **doc.get("paths", {})}
+            doc["paths"] = {native.ROUTE: {"post": operation}, **doc.get("paths", {})}
             app.openapi_schema = doc
         return app.openapi_schema
 

@@ -91,7 +91,7 @@ def encode(
         ]
         doc: Any = {"predictions": maps} if instances else maps[0]
         return msgpack.packb(doc, use_bin_type=True), media
-    maps = [{"embeddings": {f: _f32(a) for f, a in ans.items()}} for ans in answers]
+    maps = [{"embeddings": {f: exact_floats(a) for f, a in ans.items()}} for ans in answers]
     doc = {"predictions": maps} if instances else maps[0]
     return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY), JSON
 
@@ -243,7 +243,7 @@ def _accepted_msgpack(accept: str | None) -> str | None:
 _P10 = 10.0 ** np.arange(-64, 65)  # _P10[k] = 10**(k - 64), exact for |k - 64| <= 22
 
 
-def _f32(a: np.ndarray) -> np.ndarray:
+def exact_floats(a: np.ndarray) -> np.ndarray:
     """float32 values -> float64 values whose shortest print reads back as the same float32."""
     a = np.ascontiguousarray(a, dtype=np.float32)  # orjson wants C-contiguous native arrays
     bits = a.reshape(-1).view(np.uint32)

@@ -11,6 +11,7 @@ import uvicorn
 
 from serving.app import create_app
 from serving.config import ModelSpec
+from serving.connections import http_protocol  # noqa: F401
 from serving.engine import weights
 from serving.engine.base import create
 from serving.settings import ServerSettings
@@ -34,7 +35,9 @@ def banner(spec: ModelSpec, settings: ServerSettings, engine: str) -> str:
         f"  curl -s -X POST {url}/predictions/{spec.name} "
         f"-H 'Content-Type: application/json' -d '{body}'\n"
         f"  health {url}/ping   spec {url}/models/{spec.name}   metrics {url}/metrics   "
-        f"docs {url}/docs"
+        f"docs {url}/docs\n"
+        f"  Open Inference Protocol v2: REST {url}/v2/models/{spec.name}/infer, "
+        f"gRPC {settings.host}:{settings.grpc_port}"
     )
 
 
@@ -72,7 +75,13 @@ def serve(spec: ModelSpec, settings: ServerSettings) -> int:
 
     app = create_app(settings, engine, on_ready=on_ready, on_fatal=on_fatal)
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, access_log=False, log_level="warning"
+        app,
+        host=settings.host,
+        port=settings.port,
+        access_log=False,
+        log_level="warning",
+        # Slow clients get a read timeout (408) and open connections a bound (503 beyond it).
+        # http=http_protocol(settings.read_timeout_s, settings.max_connections),
     )
     server = uvicorn.Server(config)
     # Uvicorn handles SIGTERM/SIGINT itself (stop accepting, finish in-flight, lifespan

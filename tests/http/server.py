@@ -57,7 +57,9 @@ FEATURE_TABLE = {
 class Server:
     def __init__(self, model: Path, *flags: str):
         self.port = free_port()
+        self.grpc_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.grpc_url = f"127.0.0.1:{self.grpc_port}"
         self.weights = load_file(str(model.parent / "weights.safetensors"))
         self.proc = subprocess.Popen(
             [
@@ -69,6 +71,8 @@ class Server:
                 str(model),
                 "--port",
                 str(self.port),
+                "--grpc-port",
+                str(self.grpc_port),
                 *flags,
             ],
             cwd=ROOT,

@@ -4,24 +4,41 @@ cases a real server cannot be made to show on demand (a bug of ours, a client go
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import orjson
 
-from serving.batching import Batcher
 from serving.demo import demo_spec
+from serving.fronts.native import ROUTE, Predictions
 from serving.metrics import Metrics
-from serving.predict import ROUTE, Predictions
+from serving.service import Service
 from serving.settings import defaults
 
 SPEC = demo_spec()
 BODY = orjson.dumps({"features": {"item_id": [1, 2]}})
-Process = Callable[[list[Any]], Awaitable[list[Any]]]
+Process = Callable[[list[Any]], list[Any]]
 
 
-async def rows(items: list[Any]) -> list[Any]:
+class Engine:
+    """What the service needs of an engine: a spec, readiness and a forward."""
+
+    kind = "fake"
+    ready = True
+    spec = SPEC
+
+    def __init__(self, process: Process):
+        self.forward = process
+
+    def start(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def rows(items: list[Any]) -> list[Any]:
     return [{f: np.zeros((len(ids), SPEC.embedding_dim), np.float32) for f, ids in r.items()}
             for r in items]  # fmt: skip
 
@@ -36,9 +53,8 @@ def call(
     app behind it, and its metrics."""
 
     async def main() -> tuple[list[dict[str, Any]], list[str], Metrics]:
-        metrics = Metrics(queue_depth=lambda: 0, ranks_ready=lambda: 2)
-        batcher: Batcher[Any, Any] = Batcher(process, defaults(max_delay_ms=1).batch)
-        batcher.start()
+        service = Service(defaults(max_delay_ms=1), Engine(process))  # type: ignore[arg-type]
+        service.batcher.start()
         inbox = list(messages or [{"type": "http.request", "body": BODY, "more_body": False}])
         sent: list[dict[str, Any]] = []
         passed: list[str] = []
@@ -55,17 +71,14 @@ def call(
         async def app(scope: Any, receive: Any, send: Any) -> None:
             passed.append(scope["path"])
 
-        route = Predictions(
-            app, spec=SPEC, settings=defaults(), batcher=batcher,
-            ready=lambda: True, metrics=metrics,
-        )  # fmt: skip
+        route = Predictions(app, service=service)
         scope = {
             "type": "http", "method": method, "path": path,
             "headers": [(b"content-type", b"application/json")],
         }  # fmt: skip
         await asyncio.wait_for(route(scope, receive, send), timeout=5)
-        await batcher.stop()
-        return sent, passed, metrics
+        await service.batcher.stop()
+        return sent, passed, service.metrics
 
     return asyncio.run(main())
 
@@ -85,7 +98,7 @@ def test_an_answer_is_sent_with_its_length_and_counted() -> None:
 
 
 def test_a_bug_of_ours_is_a_500_in_the_contract_shape() -> None:
-    async def broken(items: list[Any]) -> list[Any]:
+    def broken(items: list[Any]) -> list[Any]:
         raise KeyError("a bug")
 
     sent, _, metrics = call("POST", f"/predictions/{SPEC.name}", broken)
@@ -111,9 +124,9 @@ def test_other_paths_fall_through_to_fastapi() -> None:
 def test_a_client_gone_before_its_batch_is_counted_and_not_answered() -> None:
     computed: list[Any] = []
 
-    async def slow(items: list[Any]) -> list[Any]:
+    def slow(items: list[Any]) -> list[Any]:
         computed.append(items)
-        return await rows(items)
+        return rows(items)
 
     messages = [
         {"type": "http.request", "body": BODY, "more_body": False},

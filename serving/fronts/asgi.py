@@ -1,0 +1,81 @@
+"""Plain-ASGI plumbing the HTTP fronts share: reading a body, noticing a client that left,
+sending a reply. The hot routes run as ASGI in front of FastAPI (`serving.fronts.native` says
+why); FastAPI serves every other path."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from starlette.types import Receive, Scope, Send
+
+from serving.errors import PayloadTooLarge
+from serving.metrics import Metrics
+
+log = logging.getLogger("seqserve")
+
+CLIENT_GONE = 499  # counted, never sent: nobody is there to read it
+
+Headers = list[tuple[bytes, bytes]]
+Reply = tuple[int, bytes, Headers]
+Answerer = Callable[[], Awaitable[Reply | None]]
+
+
+async def respond(
+    send: Send,
+    metrics: Metrics,
+    route: str,
+    answer: Answerer,
+    internal_error: Callable[[str], Reply],
+) -> None:
+    """Compute one reply with `answer`, send it and count it under `route`. A bug of ours
+    becomes `internal_error(message)`, with the traceback in the log; None (the client left)
+    is counted as 499 and sends nothing."""
+    start = time.perf_counter()
+    try:
+        reply = await answer()
+    except Exception as e:
+        log.exception("%s failed", route)
+        reply = internal_error(f"{type(e).__name__} while answering")
+    if reply is None:
+        status = CLIENT_GONE
+    else:
+        status, body, headers = reply
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+    metrics.observe(route, status, time.perf_counter() - start)
+
+
+async def read_body(receive: Receive, length: bytes | None, limit: int) -> bytes | None:
+    """The body, refused with 413 as soon as it is known to be over `limit`; None if the
+    client left while sending it."""
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise PayloadTooLarge(f"body of {int(length)} bytes is over the limit of {limit}")
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def disconnected(receive: Receive) -> None:
+    # Once the body is read, the server's receive() returns only when the client disconnects.
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def headers_of(scope: Scope) -> dict[bytes, bytes]:
+    return dict(scope["headers"])  # names are lower-case in ASGI
+
+
+def text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")

@@ -1,0 +1,160 @@
+"""The Open Inference Protocol v2 over gRPC (CONTRACT section 4): `inference.GRPCInferenceService`
+on `--grpc-port`, served by grpc.aio on the server's own event loop, so its calls share the
+batcher with the HTTP fronts."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+
+from serving.errors import SeqServeError, http_status
+from serving.fronts import v2
+from serving.fronts.proto import grpc_service_pb2 as pb
+from serving.fronts.proto import grpc_service_pb2_grpc as pb_grpc
+from serving.service import Service
+
+# The one place an error of the taxonomy becomes a gRPC status (its HTTP status -> code).
+CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+TYPED = {"INT64": "int64_contents", "INT32": "int_contents"}  # InferTensorContents fields
+
+Reply = TypeVar("Reply")
+
+
+class Servicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, service: Service, server_version: str):
+        self.service = service
+        self.server_version = server_version
+
+    async def _call(
+        self, method: str, context: Any, compute: Callable[[], Awaitable[Reply]]
+    ) -> Reply:
+        """Run one call, counted under grpc/<method> by status code; errors become codes."""
+        start = time.perf_counter()
+        code = grpc.StatusCode.OK
+        try:
+            return await compute()
+        except SeqServeError as e:
+            code = CODES.get(http_status(e), grpc.StatusCode.INTERNAL)
+            await context.abort(code, str(e))
+            raise  # abort raises; this line is for the type checker
+        except BaseException:
+            code = grpc.StatusCode.CANCELLED
+            raise
+        finally:
+            self.service.metrics.observe(f"grpc/{method}", code.name, time.perf_counter() - start)
+
+    def _authorize(self, context: Any) -> None:
+        metadata = dict(context.invocation_metadata() or ())
+        self.service.authorize(metadata.get("authorization"))
+
+    async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.service.ready)
+
+    async def ModelReady(self, request: Any, context: Any) -> pb.ModelReadyResponse:
+        async def compute() -> pb.ModelReadyResponse:
+            self.service.model(request.name, request.version)
+            return pb.ModelReadyResponse(ready=self.service.ready)
+
+        return await self._call("ModelReady", context, compute)
+
+    async def ServerMetadata(self, request: Any, context: Any) -> pb.ServerMetadataResponse:
+        async def compute() -> pb.ServerMetadataResponse:
+            self._authorize(context)
+            return pb.ServerMetadataResponse(**v2.server_metadata(self.server_version))
+
+        return await self._call("ServerMetadata", context, compute)
+
+    async def ModelMetadata(self, request: Any, context: Any) -> pb.ModelMetadataResponse:
+        async def compute() -> pb.ModelMetadataResponse:
+            self._authorize(context)
+            self.service.model(request.name, request.version)
+            doc = v2.model_metadata(self.service.spec, self.service.version)
+            return pb.ModelMetadataResponse(
+                name=doc["name"],
+                versions=doc["versions"],
+                platform=doc["platform"],
+                inputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in doc["inputs"]],
+                outputs=[pb.ModelMetadataResponse.TensorMetadata(**t) for t in doc["outputs"]],
+            )
+
+        return await self._call("ModelMetadata", context, compute)
+
+    async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
+        async def compute() -> pb.ModelInferResponse:
+            service = self.service
+            self._authorize(context)
+            service.model(request.model_name, request.model_version)
+            service.check_ready()
+            inference = v2.inference(_tensors(request), service.rows, service.limits)
+            names = v2.selected(
+                [(o.name, f"outputs[{i}]") for i, o in enumerate(request.outputs)],
+                inference.features,
+            )
+            answers = await service.predict(inference.sequences, timeout_s=context.time_remaining())
+            reply = pb.ModelInferResponse(
+                model_name=service.spec.name, model_version=str(service.version), id=request.id
+            )
+            for name in names:
+                a = v2.rows(answers or [], name)
+                reply.outputs.add(name=name, datatype="FP32", shape=a.shape)
+                reply.raw_output_contents.append(np.ascontiguousarray(a, dtype="<f4").tobytes())
+            return reply
+
+        return await self._call("ModelInfer", context, compute)
+
+
+def _tensors(request: Any) -> list[v2.Tensor]:
+    """The request's inputs, their data from raw_input_contents or typed contents."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise v2.InvalidInput(
+            f"raw_input_contents: {len(raw)} entries for {len(request.inputs)} inputs; "
+            "give one per input, in order",
+            "raw_input_contents",
+        )
+    tensors = []
+    for i, t in enumerate(request.inputs):
+        if raw:
+            data: Any = raw[i]
+        else:
+            field = TYPED.get(t.datatype, "int64_contents")
+            data = np.array(getattr(t.contents, field), dtype=np.int64)
+        tensors.append(v2.Tensor(t.name, t.datatype, list(t.shape), data, f"inputs[{i}]"))
+    return tensors
+
+
+async def start(service: Service, host: str, port: int, server_version: str) -> grpc.aio.Server:
+    """Serve on host:port; raises OSError naming the address if it cannot be bound."""
+    limits = service.limits
+    server = grpc.aio.server(
+        options=[
+            # A message over the body limit is refused by gRPC itself: RESOURCE_EXHAUSTED.
+            ("grpc.max_receive_message_length", limits.max_body_bytes),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", 0),  # a port in use is an error, not a shared listener
+        ],
+        maximum_concurrent_rpcs=service.settings.max_connections,
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(Servicer(service, server_version), server)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        server.add_insecure_port(address)
+    except RuntimeError as e:
+        raise OSError(f"cannot listen for gRPC on {address}: {e}") from None
+    await server.start()
+    return server
