@@ -56,6 +56,7 @@ class Api:
         command = [("127.0.0.1" if w == "0.0.0.0" else w) for w in self.svc["command"]]
         assert command != self.svc["command"], "the command binds 0.0.0.0 in the container"
         self.env = {**base_env(model_dir), **environment(self.svc), "SEQSERVE_PORT": str(self.port)}
+        self.env["SEQSERVE_GRPC_PORT"] = str(free_port())
         self.url = f"http://127.0.0.1:{self.port}"
         assert shutil.which(command[0], path=self.env["PATH"]) == str(BIN / "seqserve")
         self.proc = subprocess.Popen(

@@ -56,6 +56,8 @@ def test_binding_beyond_127_0_0_1_without_a_token_warns(model_path: Path) -> Non
             "127.0.0.2",
             "--port",
             str(free_port()),
+            "--grpc-port",
+            str(free_port()),
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.slow
 def test_the_printed_curl_line_returns_embeddings(tmp_path: Path) -> None:
     port = free_port()
     proc = subprocess.Popen(
-        [str(ROOT / ".venv/bin/seqserve"), "serve", "--port", str(port)],
+        [str(ROOT / ".venv/bin/seqserve"), "serve", "--port", str(port)]
+        + ["--grpc-port", str(free_port())],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

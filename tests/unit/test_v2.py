@@ -1,0 +1,86 @@
+"""The v2 tensors -> sequences rules (CONTRACT section 4), without a server."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from serving.errors import InvalidInput, PayloadTooLarge
+from serving.fronts.v2 import Tensor, inference, rows, selected
+from serving.settings import defaults
+
+ROWS = {"a": 10, "b": 5}
+LIMITS = defaults(max_ids_per_request=8, max_instances=3).limits
+
+
+def t(name: str, data: object, datatype: str = "INT64", shape: list[int] | None = None) -> Tensor:
+    n = len(data) // (8 if datatype == "INT64" else 4) if isinstance(data, bytes) else None
+    if shape is None:
+        shape = [n if n is not None else len(data)]  # type: ignore[arg-type]
+    return Tensor(name, datatype, shape, data, "inputs[0]")
+
+
+def test_one_sequence_from_json_bytes_or_arrays() -> None:
+    raw = np.array([1, 9], dtype="<i4").tobytes()
+    got = inference([t("a", raw, "INT32"), t("b", np.array([4]))], ROWS, LIMITS)
+    assert got.features == ["a", "b"] and len(got.sequences) == 1
+    assert got.sequences[0]["a"].dtype == np.int64 and got.sequences[0]["a"].tolist() == [1, 9]
+    assert inference([t("b", [0, 4])], ROWS, LIMITS).sequences[0]["b"].tolist() == [0, 4]
+
+
+def test_lengths_cut_every_feature_into_the_same_sequences() -> None:
+    got = inference(
+        [t("a", [1, 2, 3]), t("a.lengths", [2, 0, 1]), t("b", [4]), t("b.lengths", [0, 1, 0])],
+        ROWS,
+        LIMITS,
+    )
+    assert [{k: v.tolist() for k, v in s.items()} for s in got.sequences] == [
+        {"a": [1, 2], "b": []},
+        {"a": [], "b": [4]},
+        {"a": [3], "b": []},
+    ]
+    answers = [{"a": np.full((len(s["a"]), 2), i, np.float32)} for i, s in enumerate(got.sequences)]
+    assert rows(answers, "a")[:, 0].tolist() == [0, 0, 2]
+
+
+@pytest.mark.parametrize(
+    "tensors,words",
+    [
+        ([], "at least one input"),
+        ([t("c", [1])], "unknown input 'c'"),
+        ([t("a", [1]), t("a", [2])], "given twice"),
+        ([t("a", [1.0], "FP32")], "datatype 'FP32'"),
+        ([t("a", [1, 2], shape=[1, 2])], "shape [1, 2]"),
+        ([t("a", [1, 2], shape=[3])], "2 values of data for shape [3]"),
+        ([t("a", b"\x00" * 12)], "12 bytes of data"),
+        ([t("a", [1, True])], "[1]: expected an integer, got bool"),
+        ([t("a", [2**64])], "is not an INT64"),
+        ([t("a", [2**40], "INT32")], "is not an INT32"),
+        ([t("a", [10])], "'a'[0]: id 10 is outside [0, 10)"),
+        ([t("a", [1]), t("a.lengths", [2])], "lengths sum to 2"),
+        ([t("a", [1]), t("a.lengths", [-1, 2])], "a length is negative"),
+        ([t("a.lengths", [1])], "there is no input 'a' to cut"),
+        ([t("a", [1]), t("a.lengths", [1]), t("b", [1])], "'b' has no 'b.lengths'"),
+        ([t("a", []), t("a.lengths", [])], "at least one sequence"),
+    ],
+)
+def test_bad_inputs_name_the_input_and_position(tensors: list[Tensor], words: str) -> None:
+    with pytest.raises(InvalidInput) as e:
+        inference(tensors, ROWS, LIMITS)
+    assert words in str(e.value)
+
+
+def test_limits() -> None:
+    with pytest.raises(PayloadTooLarge, match="9 ids; the limit is 8"):
+        inference([t("a", list(range(9)))], ROWS, LIMITS)
+    with pytest.raises(PayloadTooLarge, match="4 sequences; the limit is 3"):
+        inference([t("a", [1, 2, 3, 4]), t("a.lengths", [1, 1, 1, 1])], ROWS, LIMITS)
+
+
+def test_outputs_are_selected_among_the_features_named() -> None:
+    assert selected([], ["a", "b"]) == ["a", "b"]
+    assert selected([("b", "outputs[0]")], ["a", "b"]) == ["b"]
+    with pytest.raises(InvalidInput, match="outputs\\[0\\]: 'c' is not an output"):
+        selected([("c", "outputs[0]")], ["a"])
+    with pytest.raises(InvalidInput, match="requested twice"):
+        selected([("a", "outputs[0]"), ("a", "outputs[1]")], ["a"])
