@@ -61,7 +61,14 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        grpc_server = await v2_grpc.start(service, settings.host, settings.grpc_port, VERSION)
+        try:
+            grpc_server = await v2_grpc.start(service, settings.host, settings.grpc_port, VERSION)
+        except OSError as e:  # the port is taken: say so in one line and stop, nothing started
+            if on_fatal is None:
+                raise
+            on_fatal(e)
+            yield
+            return
         starting = asyncio.create_task(service.start(on_ready, on_fatal))
         try:
             yield

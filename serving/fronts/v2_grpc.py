@@ -155,6 +155,9 @@ async def start(service: Service, host: str, port: int, server_version: str) -> 
     try:
         server.add_insecure_port(address)
     except RuntimeError as e:
-        raise OSError(f"cannot listen for gRPC on {address}: {e}") from None
+        raise OSError(
+            f"cannot listen for gRPC on {address}: the port is taken or the address is not this "
+            "host's (see --grpc-port and --host)"
+        ) from e
     await server.start()
     return server
