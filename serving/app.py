@@ -25,6 +25,7 @@ from serving.errors import SeqServeError
 from serving.fronts import native, v2_grpc
 from serving.fronts.asgi import Reply
 from serving.fronts.native import Predictions, error_reply, seqserve_error_reply
+from serving.fronts.v2_openapi import v2_paths
 from serving.fronts.v2_rest import V2Rest
 from serving.metrics import Metrics
 from serving.schemas import error_responses, predict_openapi
@@ -112,7 +113,7 @@ def create_app(
 
     # Dependencies cost per request in FastAPI: attach the token check only when there is one.
     guarded = [Depends(authorized)] if settings.auth_token else []
-    document_predictions(app, spec, secured=bool(settings.auth_token))
+    document_fronts(app, spec, service.version, secured=bool(settings.auth_token))
 
     @app.get("/ping", responses=error_responses(503) | {200: {"description": "healthy"}})
     async def ping() -> Response:
@@ -132,9 +133,9 @@ def create_app(
     return app
 
 
-def document_predictions(app: FastAPI, spec: ModelSpec, secured: bool) -> None:
-    """Add POST /predictions/{model}, answered by `Predictions` outside FastAPI's routing, to
-    the OpenAPI document FastAPI builds for its own routes."""
+def document_fronts(app: FastAPI, spec: ModelSpec, version: int, secured: bool) -> None:
+    """Add POST /predictions/{model} and the v2 REST routes, answered outside FastAPI's
+    routing, to the OpenAPI document FastAPI builds for its own routes."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -147,7 +148,11 @@ def document_predictions(app: FastAPI, spec: ModelSpec, secured: bool) -> None:
             }
             if secured:
                 operation["security"] = [{"HTTPBearer": []}]
-            doc["paths"] = {native.ROUTE: {"post": operation}, **doc.get("paths", {})}
+            doc["paths"] = {
+                native.ROUTE: {"post": operation},
+                **doc.get("paths", {}),
+                **v2_paths(spec, version, secured),
+            }
             app.openapi_schema = doc
         return app.openapi_schema
 

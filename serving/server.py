@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import resource
 import signal
 import sys
 
@@ -11,7 +12,7 @@ import uvicorn
 
 from serving.app import create_app
 from serving.config import ModelSpec
-from serving.connections import http_protocol  # noqa: F401
+from serving.connections import http_protocol
 from serving.engine import weights
 from serving.engine.base import create
 from serving.settings import ServerSettings
@@ -39,6 +40,17 @@ def banner(spec: ModelSpec, settings: ServerSettings, engine: str) -> str:
         f"  Open Inference Protocol v2: REST {url}/v2/models/{spec.name}/infer, "
         f"gRPC {settings.host}:{settings.grpc_port}"
     )
+
+
+def open_files_for(connections: int) -> None:
+    """Raise the soft open-files limit, within the hard one, to hold `connections` sockets and
+    the server's own files: at the usual soft limit of 1024 the OS, not --max-connections,
+    would refuse connections first (accept() failing with EMFILE)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = connections + 256
+    if soft != resource.RLIM_INFINITY and soft < want:
+        top = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (top, hard))
 
 
 def serve(spec: ModelSpec, settings: ServerSettings) -> int:
@@ -73,6 +85,7 @@ def serve(spec: ModelSpec, settings: ServerSettings) -> int:
         print(f"seqserve: error: {error}", file=sys.stderr, flush=True)
         server.should_exit = True
 
+    open_files_for(settings.max_connections)
     app = create_app(settings, engine, on_ready=on_ready, on_fatal=on_fatal)
     config = uvicorn.Config(
         app,
@@ -81,7 +94,7 @@ def serve(spec: ModelSpec, settings: ServerSettings) -> int:
         access_log=False,
         log_level="warning",
         # Slow clients get a read timeout (408) and open connections a bound (503 beyond it).
-        # http=http_protocol(settings.read_timeout_s, settings.max_connections),
+        http=http_protocol(settings.read_timeout_s, settings.max_connections),
     )
     server = uvicorn.Server(config)
     # Uvicorn handles SIGTERM/SIGINT itself (stop accepting, finish in-flight, lifespan
