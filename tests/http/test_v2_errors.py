@@ -230,3 +230,18 @@ def test_a_grpc_port_in_use_stops_the_server_with_one_line(model_path: Path) -> 
     assert run.returncode == 1, run.stdout + run.stderr
     assert f"seqserve: error: cannot listen for gRPC on 127.0.0.1:{port}" in run.stderr
     assert "Traceback" not in run.stderr + run.stdout
+
+
+def test_grpc_starts_and_stops_with_the_server(model_path: Path) -> None:
+    s = start(model_path)
+    try:
+        with grpc.insecure_channel(s.grpc_url) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            reply = stub.ModelInfer(grpc_request("small", [("shop_id", "INT64", [1], [3])]))
+            assert reply.raw_output_contents[0] == s.rows("shop_id", [3]).tobytes()
+        assert s.terminate() == 0, s.output()
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", s.grpc_port)) != 0  # nobody listens now
+        assert "Traceback" not in s.output()
+    finally:
+        s.close()
