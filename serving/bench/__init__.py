@@ -1,9 +1,11 @@
-"""`seqserve bench`: HTTP load on the fronts with a long-tailed request mix, exactness checks,
-in-process reference lines, results.json and plot.png.
+"""`seqserve bench`: HTTP and gRPC load on the fronts with a long-tailed request mix, exactness
+checks, in-process reference lines, results.json and plot.png.
 
     mix        the request mix (lengths, ids, subsets) and the pre-encoded request pool
     load       fronts on free ports with their auth, their first answer and stop
     wire       the lean asyncio HTTP/1.1 client that drives the load
+    v2         Open Inference Protocol v2 bodies (REST binary, gRPC) and their answers read back
+    rpc        the gRPC client that drives the v2-grpc load (grpc.aio, pre-serialized bodies)
     cpu        CPU per request of a server's processes, by role, from /proc
     check      answers compared bit for bit with the model's weights
     reference  the unsharded EmbeddingCollection and one core's index_select, in process

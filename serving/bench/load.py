@@ -44,12 +44,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def server_command(front: str, port: int, workdir: Path, model: Path | None = None) -> list[str]:
-    """`seqserve serve` or `seqserve torchserve` on `port` (the built-in demo without model)."""
+def server_command(
+    front: str, port: int, workdir: Path, model: Path | None = None, grpc_port: int | None = None
+) -> list[str]:
+    """`seqserve serve` or `seqserve torchserve` on `port` (the built-in demo without model).
+    `seqserve serve` gets its gRPC port too, `grpc_port` or a free one: two servers on the
+    default 8081 would clash."""
     if front not in FRONTS:
         raise ValueError(f"unknown front {front!r}; use {', '.join(FRONTS)}")
     cmd = [sys.executable, "-m", "serving.cli", front if front == "torchserve" else "serve"]
     cmd += ["--port", str(port)]
+    if front == "fastapi":
+        cmd += ["--grpc-port", str(grpc_port if grpc_port is not None else free_port())]
     if front == "torchserve":
         cmd += ["--management-port", str(free_port()), "--metrics-port", str(free_port())]
         cmd += ["--workdir", str(workdir / "torchserve")]
@@ -68,14 +74,19 @@ def auth_headers(front: str, workdir: Path) -> dict[str, str]:
 
 
 def start_server(
-    front: str, workdir: Path, model: Path | None = None, log: IO[bytes] | None = None
+    front: str,
+    workdir: Path,
+    model: Path | None = None,
+    log: IO[bytes] | None = None,
+    grpc_port: int | None = None,
 ) -> tuple[subprocess.Popen[bytes], str, dict[str, str]]:
-    """Start `front` on free ports; returns the process, its url and its auth headers.
+    """Start `front` on free ports (the fastapi front's gRPC on `grpc_port` when given);
+    returns the process, its url and its auth headers.
 
     The server's output goes to `log`, or to our stderr so stdout carries only the table."""
     port = free_port()
     proc, url = launch(
-        server_command(front, port, workdir, model),
+        server_command(front, port, workdir, model, grpc_port),
         front,
         port,
         log,

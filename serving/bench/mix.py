@@ -24,11 +24,16 @@ import orjson
 from serving.config import ModelSpec
 
 Request = dict[str, np.ndarray]  # feature -> int64 ids
-# The body formats, with the headers that send one and ask for the answer in the same format.
+# The native body formats, with the headers that send one and ask for the answer in the same
+# format (POST /predictions/{model}).
 HEADERS = {
     "json": {"Content-Type": "application/json"},
     "msgpack": {"Content-Type": "application/msgpack", "Accept": "application/msgpack"},
 }
+# Every format the bench sends: the native ones, then the Open Inference Protocol v2 over REST
+# with binary tensors and over gRPC (serving.bench.v2).
+V2_FORMATS = ("v2-binary", "v2-grpc")
+FORMATS = (*HEADERS, *V2_FORMATS)
 DEFAULT_MAX_LENGTH = 256
 
 
@@ -167,14 +172,33 @@ class Mix:
         return out
 
 
-def encode(request: Request, fmt: str) -> bytes:
-    """One single-sequence body (`{"features": ...}`) in `fmt` ("json" or "msgpack")."""
+def encode(request: Request, fmt: str, model: str = "") -> bytes:
+    """One single-sequence body in `fmt`: `{"features": ...}` as json or msgpack, or the same
+    ids as a v2 REST body with binary tensors (v2-binary) or a serialized ModelInferRequest for
+    `model` (v2-grpc)."""
+    return encode_with_headers(request, fmt, model)[0]
+
+
+def encode_with_headers(
+    request: Request, fmt: str, model: str = ""
+) -> tuple[bytes, dict[str, str]]:
+    """The body (encode) and the headers it needs beyond its format's: a v2 REST body's
+    Inference-Header-Content-Length, the length of its JSON header."""
+    if fmt in V2_FORMATS:
+        from serving.bench import v2
+
+        if fmt == v2.REST:
+            body, head = v2.rest_body(request)
+            return body, {v2.HEADER_LENGTH: str(head)}
+        if not model:
+            raise ValueError("a v2-grpc body names its model: give `model`")
+        return v2.grpc_body(request, model), {}
     doc = {"features": {f: ids.tolist() for f, ids in request.items()}}
     if fmt == "json":
-        return orjson.dumps(doc)
+        return orjson.dumps(doc), {}
     if fmt == "msgpack":
-        return bytes(msgpack.packb(doc))
-    raise ValueError(f"unknown format {fmt!r}; use json, msgpack")
+        return bytes(msgpack.packb(doc)), {}
+    raise ValueError(f"unknown format {fmt!r}; use {', '.join(FORMATS)}")
 
 
 @dataclass(frozen=True)
@@ -184,9 +208,19 @@ class Pool:
     requests: list[Request]
     bodies: dict[str, list[bytes]]  # format -> one body per request
     ids: list[int]  # ids per request
+    # format -> each body's own headers (encode_with_headers), for the formats that have some
+    headers: dict[str, list[dict[str, str]]] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, mix: Mix, size: int, formats: Sequence[str]) -> Pool:
+    def build(cls, mix: Mix, size: int, formats: Sequence[str], model: str = "") -> Pool:
+        """`size` requests of `mix` encoded in each format; `model` names the model in the
+        formats whose body does (v2-grpc)."""
         reqs = mix.requests(size)
-        bodies = {fmt: [encode(r, fmt) for r in reqs] for fmt in formats}
-        return cls(reqs, bodies, [sum(len(v) for v in r.values()) for r in reqs])
+        bodies: dict[str, list[bytes]] = {}
+        headers: dict[str, list[dict[str, str]]] = {}
+        for fmt in formats:
+            pairs = [encode_with_headers(r, fmt, model) for r in reqs]
+            bodies[fmt] = [body for body, _ in pairs]
+            if any(h for _, h in pairs):
+                headers[fmt] = [h for _, h in pairs]
+        return cls(reqs, bodies, [sum(len(v) for v in r.values()) for r in reqs], headers)

@@ -30,10 +30,30 @@ def add_flags(p: argparse.ArgumentParser) -> None:
         default=os.environ.get("SEQSERVE_AUTH_TOKEN") or None,
         help="bearer token for --url (env SEQSERVE_AUTH_TOKEN, the server's own variable)",
     )
-    p.add_argument("--concurrency", default="1,8,32", help="client threads per level (1,8,32)")
+    p.add_argument("--concurrency", default="1,8,32", help="concurrent clients per level (1,8,32)")
     p.add_argument("--duration", type=float, default=10, help="measured seconds per level (10)")
     p.add_argument("--warmup", type=float, default=2, help="unmeasured seconds before each (2)")
-    p.add_argument("--formats", default="json,msgpack", help="json, msgpack or both (both)")
+    p.add_argument(
+        "--formats",
+        default="json,msgpack",
+        help="comma-separated, measured in this order: json and msgpack (POST "
+        "/predictions/{model}), v2-binary (Open Inference Protocol REST, binary tensors both "
+        "ways) and v2-grpc (its gRPC ModelInfer, raw contents); the v2 ones on fronts that speak "
+        "it: fastapi or --url (json,msgpack)",
+    )
+    p.add_argument(
+        "--grpc-url",
+        metavar="HOST:PORT",
+        help="with --url: the server's gRPC address for v2-grpc (default: the url's host, "
+        "port 8081); --compare gives its fastapi front a free gRPC port",
+    )
+    p.add_argument(
+        "--grpc-channels",
+        choices=("client", "shared"),
+        default="client",
+        help="v2-grpc: a channel (one HTTP/2 connection) per client, as each HTTP client holds "
+        "one connection, or one channel shared by all clients (client)",
+    )
     p.add_argument(
         "--length-dist",
         default="lognormal:mean=20,sigma=1",

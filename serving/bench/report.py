@@ -21,9 +21,17 @@ TARGET: dict[str, Any] = {
     "concurrency": 32,
     "min_ratio": 0.25,
 }
+# The Open Inference Protocol's target: each v2 format against native msgpack on one front.
+V2_TARGET: dict[str, Any] = {
+    "what": "v2 REST binary and v2 gRPC req/s over native msgpack req/s, same front, at 32 clients",
+    "formats": ["v2-binary", "v2-grpc"],
+    "baseline": "msgpack",
+    "concurrency": 32,
+    "min_ratio": 0.8,
+}
 PACKAGES = (
     "torch", "torchrec", "fbgemm-gpu-cpu", "numpy", "fastapi", "uvicorn", "httpx", "msgpack",
-    "orjson", "torchserve", "matplotlib",
+    "orjson", "torchserve", "matplotlib", "grpcio", "protobuf",
 )  # fmt: skip
 
 
@@ -128,12 +136,46 @@ def over_ceiling(
     return out, {**TARGET, "ratio": ratio, "met": met}
 
 
+def over_msgpack(
+    rows: Sequence[dict[str, Any]],
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Each v2 format's req/s over native msgpack's on the same front at every level both ran,
+    flagged against V2_TARGET at its level; and V2_TARGET with each front and format's ratio
+    there, `met` when all of them are (None where its level did not run)."""
+    by = {(r["front"], r["format"], r["concurrency"]): r for r in rows}
+    base, at = V2_TARGET["baseline"], V2_TARGET["concurrency"]
+    out = []
+    for (front, fmt, n), row in by.items():
+        ref = by.get((front, base, n))
+        if fmt not in V2_TARGET["formats"] or ref is None or ref["req_s"] <= 0:
+            continue
+        ratio = row["req_s"] / ref["req_s"]
+        out.append(
+            {
+                "front": front,
+                "format": fmt,
+                "concurrency": n,
+                "req_s_ratio": ratio,
+                **{k: {fmt: row[k], base: ref[k]} for k in ("req_s", "p50_ms", "p99_ms")},
+                "target": n == at,
+                "met": ratio >= V2_TARGET["min_ratio"] if n == at else None,
+            }
+        )
+    results = [
+        {"front": c["front"], "format": c["format"], "ratio": c["req_s_ratio"], "met": c["met"]}
+        for c in out
+        if c["target"]
+    ]
+    met = all(x["met"] for x in results) if results else None
+    return out, {**V2_TARGET, "results": results, "met": met}
+
+
 def comparisons(
     rows: Sequence[dict[str, Any]], references: Sequence[dict[str, Any]]
 ) -> dict[str, Any]:
     """The ratios a reader compares: FastAPI over TorchServe at each level both ran, each front
-    over the HTTP ceiling (over_ceiling), and each front's best ids/s over one core's gather
-    rate (index_select)."""
+    over the HTTP ceiling (over_ceiling), each v2 format over native msgpack (over_msgpack),
+    and each front's best ids/s over one core's gather rate (index_select)."""
     by = {(r["front"], r["format"], r["concurrency"]): r for r in rows}
     fronts = []
     for (front, fmt, n), fast in by.items():
@@ -148,6 +190,7 @@ def comparisons(
                 }
             )
     ceiling, target = over_ceiling(rows)
+    v2, v2_target = over_msgpack(rows)
     gather = next((x["ids_s"] for x in references if x["name"].startswith("index_select")), None)
     to_gather = []
     if gather:
@@ -164,17 +207,41 @@ def comparisons(
         "fastapi_over_torchserve": fronts,
         "over_ceiling": ceiling,
         "ceiling_target": target,
+        "v2_over_msgpack": v2,
+        "v2_target": v2_target,
         "ids_s_over_gather": to_gather,
     }
 
 
+def by_format(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The formats side by side: a line per front and level, req/s (p50 / p99 ms) per format
+    ('-' where the format did not run there); no lines for a run of one format."""
+    formats = list(dict.fromkeys(r["format"] for r in rows))
+    if len(formats) < 2:
+        return []
+    cells: dict[tuple[str, int], dict[str, str]] = {}
+    for r in rows:
+        cell = f"{r['req_s']:.1f} ({_ms(r['p50_ms'])} / {_ms(r['p99_ms'])})"
+        cells.setdefault((r["front"], r["concurrency"]), {})[r["format"]] = cell
+    lines = [
+        "| front | clients | " + " | ".join(f"{f}: req/s (p50 / p99 ms)" for f in formats) + " |",
+        "| --- | ---: | " + " | ".join("---:" for _ in formats) + " |",
+    ]
+    for (front, n), got in cells.items():
+        lines.append(f"| {front} | {n} | " + " | ".join(got.get(f, "-") for f in formats) + " |")
+    return lines
+
+
 def table(rows: Sequence[dict[str, Any]], references: Sequence[dict[str, Any]]) -> str:
+    """The markdown tables: every row (format by format, then by level, the fronts in the
+    order they ran), the formats side by side, the references and the comparisons."""
     lines = [
         "| front | format | clients | req/s | ids/s | p50 ms | p90 ms | p99 ms | errors "
         "| checked | wrong | CPU ms/req: server (by process) / client |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- |",
     ]
-    for r in rows:
+    order = {f: k for k, f in enumerate(dict.fromkeys(r["format"] for r in rows))}
+    for r in sorted(rows, key=lambda r: (order[r["format"]], r["concurrency"])):
         errors = ", ".join(f"{k}: {v}" for k, v in r["errors"].items()) or "0"
         lines.append(
             f"| {r['front']} | {r['format']} | {r['concurrency']} | {r['req_s']:.1f} "
@@ -185,6 +252,29 @@ def table(rows: Sequence[dict[str, Any]], references: Sequence[dict[str, Any]]) 
         lines += ["", "| reference | ids/s | what |", "| --- | ---: | --- |"]
         lines += [f"| {x['name']} | {rate(x['ids_s'])} | {x['what']} |" for x in references]
     ratios = comparisons(rows, references)
+    if side := by_format(rows):
+        lines += ["", *side]
+    if ratios["v2_over_msgpack"]:
+        lines += [
+            "",
+            "| front | format | clients | req/s over msgpack's | req/s, msgpack "
+            "| p99 ms, msgpack |",
+            "| --- | --- | ---: | ---: | --- | --- |",
+        ]
+        for c in ratios["v2_over_msgpack"]:
+            f, req_s, p99 = c["format"], c["req_s"], c["p99_ms"]
+            flag = {None: "", True: " (met)", False: " (not met)"}[c["met"]]
+            lines.append(
+                f"| {c['front']} | {f} | {c['concurrency']} | {c['req_s_ratio']:.2f}x{flag} "
+                f"| {req_s[f]:.1f}, {req_s['msgpack']:.1f} | {_ms(p99[f])}, {_ms(p99['msgpack'])} |"
+            )
+        t = ratios["v2_target"]
+        got = ", ".join(
+            f"{x['front']} {x['format']} {x['ratio']:.2f}x"
+            + (" (met)" if x["met"] else " (not met)")
+            for x in t["results"]
+        )
+        lines += ["", f"Target: {t['what']} >= {t['min_ratio']:g}x: {got or 'not measured'}"]
     if ratios["fastapi_over_torchserve"]:
         lines += [
             "",
@@ -259,7 +349,7 @@ def plot(out: Path, rows: Sequence[dict[str, Any]], references: Sequence[dict[st
             )
     ax.set_xlabel("throughput (req/s)")
     ax.set_ylabel("p99 latency (ms)")
-    ax.set_title("HTTP: throughput against p99 (points labelled with clients)")
+    ax.set_title("throughput against p99 (points labelled with clients)")
     ax.set_xlim(left=0)
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
@@ -280,7 +370,7 @@ def plot(out: Path, rows: Sequence[dict[str, Any]], references: Sequence[dict[st
     bars.invert_yaxis()
     bars.set_xscale("log")
     bars.set_xlabel("ids/s (log)")
-    bars.set_title("ids/s: in-process references (gray), HTTP (blue)")
+    bars.set_title("ids/s: in-process references (gray), served (blue)")
     for k, v in enumerate(values):
         bars.text(max(v, 1.0), k, f" {rate(v)}", va="center", fontsize=8)
     low = min([*values, 1e12])

@@ -1,9 +1,12 @@
 """`seqserve bench`: the reference lines, then every front x format x concurrency level.
 
-Levels run format by format, concurrency by concurrency, the fronts back to back at each level
-so drift on a shared machine hits them alike; the HTTP ceiling (serving.bench.ceiling), when
-on, runs last at each level as one more "front". A sample of answers is checked bit for bit
-against the model's weights; any wrong answer makes the exit status 1.
+Levels run concurrency by concurrency, the formats and fronts back to back at each level so
+drift on a shared machine hits them alike; the HTTP ceiling (serving.bench.ceiling), when
+on, runs last at each level as one more "front". The native formats (json, msgpack) go to
+POST /predictions/{model}; the Open Inference Protocol v2 ones to the fronts that speak it
+(seqserve's own, started or at --url): v2-binary over REST on the same port, v2-grpc to its gRPC
+port (serving.bench.rpc). A sample of answers is checked bit for bit against the model's
+weights; any wrong answer makes the exit status 1.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,8 +26,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from serving.bench import ceiling, check, cpu, load, report, wire
-from serving.bench.mix import IdDist, LengthDist, Mix, Pool
+from serving.bench import ceiling, check, cpu, load, report, rpc, v2, wire
+from serving.bench.mix import FORMATS, HEADERS, IdDist, LengthDist, Mix, Pool, encode
 from serving.config import ModelSpec
 
 
@@ -70,8 +74,13 @@ def _check_args(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
     levels = _levels(args.concurrency)
-    formats = _csv(args.formats, "--formats", list(load.HEADERS))
+    formats = _csv(args.formats, "--formats", FORMATS)
     fronts = _csv(args.compare, "--compare", load.FRONTS) if args.compare else ["url"]
+    grpc = rpc.address(args.grpc_url, args.url) if args.url and v2.GRPC in formats else None
+    if args.grpc_url and not args.url:
+        raise ValueError("--grpc-url goes with --url; --compare picks the gRPC port itself")
+    if args.compare and not set(formats) <= set(HEADERS) and "fastapi" not in fronts:
+        raise ValueError(f"--formats {args.formats}: the v2 formats need the fastapi front")
     spec = _spec(args.model)
     name = args.model_name or spec.name
     mix = Mix.for_spec(
@@ -81,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     out = args.out or Path("benchmarks/results") / f"bench-{stamp}"
 
     log(f"model '{name}' ({args.model or 'built-in demo'}); mix {mix.lengths}, ids {mix.ids}")
-    pool = Pool.build(mix, args.pool, formats)
+    pool = Pool.build(mix, args.pool, formats, name)
     from serving.engine import weights
 
     tables = weights.full_tables(spec)
@@ -104,17 +113,23 @@ def run(args: argparse.Namespace) -> int:
     # Off by default with --url: that server may run elsewhere (a container, another machine),
     # where a ceiling measured here says little about it.
     with_ceiling = bool(args.compare) if args.ceiling is None else args.ceiling
-    answers, about = ceiling.typical_answers(pool, bits, formats) if with_ceiling else ({}, None)
-    if about:
+    native = [f for f in formats if f in HEADERS]  # the ceiling stands for the native route
+    answers: dict[str, bytes] = {}
+    about = None
+    if with_ceiling and native:
+        answers, about = ceiling.typical_answers(pool, bits, native)
         log(f"the HTTP ceiling answers request {about['request']}: {about['answer_bytes']} bytes")
+    elif with_ceiling:
+        log("no HTTP ceiling: it answers the native formats (json, msgpack) only")
 
-    rows, examples = _measure(args, out, fronts, formats, levels, name, pool, bits, answers)
+    rows, examples = _measure(args, out, fronts, formats, levels, name, pool, bits, answers, grpc)
     wrong = sum(r["wrong"] for r in rows)
     doc = {
         "command": shlex.join(["seqserve", *sys.argv[1:]]),
         "started": stamp,
         "target": {
             "url": args.url,
+            "grpc_url": grpc,
             "compare": fronts if args.compare else None,
             "model": str(args.model) if args.model else "built-in demo",
             "model_name": name,
@@ -129,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
             "reference_duration_s": args.reference_duration,
             "reference_batch": args.reference_batch,
             "reference_threads": args.reference_threads,
-            "ceiling": with_ceiling,
+            "ceiling": bool(answers),
+            "grpc_channels": args.grpc_channels if v2.GRPC in formats else None,
         },
         "mix": {
             "length_dist": str(mix.lengths),
@@ -162,6 +178,30 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class Front:
+    """A server the levels run against: one the bench started (its process), --url, or the
+    HTTP ceiling."""
+
+    name: str
+    proc: subprocess.Popen[bytes] | None
+    url: str
+    auth: dict[str, str]
+    grpc: str | None = None  # host:port of its v2 gRPC, where it has one
+    v2: bool = False  # speaks the Open Inference Protocol v2 (seqserve's own front)
+
+    def speaks(self, fmt: str) -> bool:
+        return fmt in HEADERS or (self.v2 and (fmt != v2.GRPC or self.grpc is not None))
+
+
+def _path(fmt: str, name: str) -> str:
+    return f"/v2/models/{name}/infer" if fmt == v2.REST else f"/predictions/{name}"
+
+
+def _headers(fmt: str) -> dict[str, str]:
+    return HEADERS.get(fmt) or (v2.REST_HEADERS if fmt == v2.REST else {})
+
+
 def _measure(
     args: argparse.Namespace,
     out: Path,
@@ -172,43 +212,48 @@ def _measure(
     pool: Pool,
     bits: Mapping[str, np.ndarray],
     answers: Mapping[str, bytes],
+    grpc: str | None = None,
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Start the fronts (or reach --url) and the ceiling with `answers` (none: no ceiling),
-    then every level; the rows and wrong answers. Whatever happens, the servers it started
-    are stopped."""
+    """Start the fronts (or reach --url, its gRPC at `grpc`) and the ceiling with `answers`
+    (none: no ceiling), then every level; the rows and wrong answers. Whatever happens, the
+    servers it started are stopped."""
     rows: list[dict[str, Any]] = []
     examples: list[str] = []
-    servers: dict[str, tuple[subprocess.Popen[bytes] | None, str, dict[str, str]]] = {}
+    servers: list[Front] = []
     with tempfile.TemporaryDirectory(prefix="seqserve-bench-") as tmp:
         try:
             out.mkdir(parents=True, exist_ok=True)  # the servers' logs go there
             if args.url:
-                servers["url"] = (None, args.url.rstrip("/"), _token(args.token))
-                _reachable(servers["url"][1], servers["url"][2])
+                url, auth = args.url.rstrip("/"), _token(args.token)
+                servers.append(Front("url", None, url, auth, grpc, v2=True))
+                _reachable(url, auth)
             else:
                 for front in fronts:
                     log(f"starting {front} (its output: {out / front}.log) ...")
+                    port = load.free_port() if front == "fastapi" else None
                     with open(out / f"{front}.log", "wb") as server_log:
-                        servers[front] = load.start_server(
-                            front, Path(tmp) / front, args.model, server_log
+                        proc, url, auth = load.start_server(
+                            front, Path(tmp) / front, args.model, server_log, port
                         )
+                    where = None if port is None else f"127.0.0.1:{port}"
+                    servers.append(Front(front, proc, url, auth, where, v2=front == "fastapi"))
             if answers:
                 log(f"starting the HTTP ceiling (its output: {out}/ceiling.log) ...")
                 with open(out / "ceiling.log", "wb") as server_log:
                     top, top_url = ceiling.start(answers, Path(tmp) / "ceiling", server_log)
-                    servers["ceiling"] = (top, top_url, {})
-            fmt0 = formats[0]
-            for front, (_, url, auth) in servers.items():
-                target, headers = f"{url}/predictions/{name}", {**load.HEADERS[fmt0], **auth}
-                took = load.first_answer(target, pool.bodies[fmt0][0], headers, args.timeout * 4)
-                log(f"{front} answered its first request in {took:.1f} s")
-            for fmt in formats:
-                for n in levels:
-                    # Fronts back to back at each level: drift on a shared box hits all alike.
-                    for front, (proc, url, auth) in servers.items():
-                        target = f"{url}/predictions/{name}"
-                        pid = proc.pid if proc is not None else None
-                        row, sampler = _level(args, pool, bits, target, auth, front, fmt, n, pid)
+                    servers.append(Front("ceiling", top, top_url, {}))
+            for s in servers:
+                _first_answers(args, s, formats, name, pool)
+            for s in servers:
+                for fmt in formats:
+                    if not s.speaks(fmt) and s.name != "ceiling":
+                        log(f"{s.name} does not speak {fmt}: skipped")
+            for n in levels:
+                for fmt in formats:
+                    # Formats and fronts back to back at each level: drift on a shared box
+                    # hits them all alike.
+                    for s in filter(lambda s: s.speaks(fmt), servers):
+                        row, sampler = _level(args, pool, bits, s, name, fmt, n)
                         rows.append(row)
                         examples += sampler.examples
         except load.NotReady as e:
@@ -216,10 +261,29 @@ def _measure(
             where = f" (server output: {out}/<front>.log)" if started else ""
             raise ValueError(f"{e}{where}") from None
         finally:
-            for proc, _, _ in servers.values():
-                if proc is not None:
-                    load.stop_server(proc)
+            for s in servers:
+                if s.proc is not None:
+                    load.stop_server(s.proc)
     return rows, examples
+
+
+def _first_answers(
+    args: argparse.Namespace, front: Front, formats: list[str], name: str, pool: Pool
+) -> None:
+    """A first 200 from `front` on each route the levels use (TorchServe answers /ping before
+    its worker has loaded the model; a wrong --grpc-url fails here, in one line)."""
+    native = next((f for f in formats if f in HEADERS), "msgpack")
+    body = pool.bodies[native][0] if native in pool.bodies else encode(pool.requests[0], native)
+    routes: list[tuple[str, bytes, dict[str, str]]] = [(native, body, {})]
+    if front.v2 and v2.REST in formats:
+        routes.append((v2.REST, pool.bodies[v2.REST][0], pool.headers[v2.REST][0]))
+    for fmt, data, own in routes:
+        target, headers = f"{front.url}{_path(fmt, name)}", {**_headers(fmt), **own, **front.auth}
+        took = load.first_answer(target, data, headers, args.timeout * 4)
+        log(f"{front.name} answered its first {fmt} request in {took:.1f} s")
+    if front.grpc is not None and v2.GRPC in formats:
+        took = rpc.first_answer(front.grpc, pool.bodies[v2.GRPC][0], front.auth, args.timeout)
+        log(f"{front.name} answered its first {v2.GRPC} call ({front.grpc}) in {took:.1f} s")
 
 
 def _token(token: str | None) -> dict[str, str]:
@@ -239,16 +303,14 @@ def _level(
     args: argparse.Namespace,
     pool: Pool,
     bits: Mapping[str, np.ndarray],
-    target: str,
-    auth: dict[str, str],
-    front: str,
+    front: Front,
+    name: str,
     fmt: str,
     n: int,
-    server_pid: int | None,
 ) -> tuple[dict[str, Any], check.Sampler]:
-    """One level: warm-up, then `args.duration` measured seconds with `n` clients. With the
-    server's pid (a front the bench started), its processes' CPU per request too."""
-    label = f"{front} {fmt} x{n}"
+    """One level: warm-up, then `args.duration` measured seconds with `n` clients. For a front
+    the bench started, its processes' CPU per request too."""
+    label = f"{front.name} {fmt} x{n}"
     t0 = time.perf_counter()
     start = t0 + args.warmup
     end = start + args.duration
@@ -263,25 +325,45 @@ def _level(
         log(f"  {label}: {phase}, {rate:.0f} req/s")
 
     log(f"{label} ...")
+    on_ok = None if front.name == "ceiling" else sampler.on_ok  # its one answer fits no check
+    tick = max(1.0, (args.warmup + args.duration) / 5)
+    clients: Coroutine[Any, Any, list[wire.Result]]
+    if fmt == v2.GRPC:
+        assert front.grpc is not None
+        clients = rpc.run_clients(
+            front.grpc,
+            pool.bodies[fmt],
+            front.auth,
+            n,
+            end,
+            on_ok=on_ok,
+            timeout=args.timeout,
+            tick=tick,
+            on_tick=progress,
+            channels=args.grpc_channels,
+        )
+    else:
+        clients = wire.run_clients(
+            f"{front.url}{_path(fmt, name)}",
+            pool.bodies[fmt],
+            {**_headers(fmt), **front.auth},
+            n,
+            end,
+            on_ok=on_ok,
+            timeout=args.timeout,
+            tick=tick,
+            on_tick=progress,
+            body_headers=pool.headers.get(fmt),
+        )
+    server_pid = front.proc.pid if front.proc is not None else None
     server0 = cpu.snapshot(server_pid)
     cpu0 = time.process_time()
-    clients = wire.run_clients(
-        target,
-        pool.bodies[fmt],
-        {**load.HEADERS[fmt], **auth},
-        n,
-        end,
-        on_ok=None if front == "ceiling" else sampler.on_ok,  # its one answer fits no check
-        timeout=args.timeout,
-        tick=max(1.0, (args.warmup + args.duration) / 5),
-        on_tick=progress,
-    )
     results = wire.run(clients)
     client_cpu = time.process_time() - cpu0  # warm-up and its checks included: every request
     server_cpu = cpu.per_request(server0, cpu.snapshot(server_pid), len(results))
     sampler.finish()
     row = {
-        "front": front,
+        "front": front.name,
         "format": fmt,
         "concurrency": n,
         **report.level_metrics(results, pool.ids, start, args.duration),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -20,25 +20,42 @@ T = TypeVar("T")
 
 # (start, latency in s, HTTP status or the error's name, index of the body sent)
 Result = tuple[float, float, int | str, int]
-# Called with (client, its n-th 200 counted from 0, start, body index, response bytes).
-OnOk = Callable[[int, int, float, int, bytes], None]
+# Called with (client, its n-th 200 counted from 0, start, body index, response body, response
+# head: the status line and headers as sent, without the blank line; b"" where there is none).
+OnOk = Callable[[int, int, float, int, bytes, bytes], None]
 
 
 class ProtocolError(Exception):
     """The server's answer is not HTTP/1.1 as this client reads it."""
 
 
-def requests_for(target: str, bodies: Sequence[bytes], headers: dict[str, str]) -> list[bytes]:
-    """Each body as the whole bytes of a POST to `target`, headers included."""
+def requests_for(
+    target: str,
+    bodies: Sequence[bytes],
+    headers: dict[str, str],
+    body_headers: Sequence[Mapping[str, str]] | None = None,
+) -> list[bytes]:
+    """Each body as the whole bytes of a POST to `target`, headers included: `headers`, then
+    the body's own from `body_headers` (one map per body) when given."""
     url = urlsplit(target)
     path = url.path or "/"
     head = f"POST {path} HTTP/1.1\r\nHost: {url.netloc}\r\n"
     head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-    return [f"{head}Content-Length: {len(b)}\r\n\r\n".encode() + b for b in bodies]
+    if body_headers is not None and len(body_headers) != len(bodies):
+        raise ValueError(f"{len(body_headers)} header maps for {len(bodies)} bodies")
+    own = [
+        "".join(f"{k}: {v}\r\n" for k, v in h.items())
+        for h in (body_headers if body_headers is not None else [{}] * len(bodies))
+    ]
+    return [
+        f"{head}{extra}Content-Length: {len(b)}\r\n\r\n".encode() + b
+        for b, extra in zip(bodies, own, strict=True)
+    ]
 
 
-async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
-    """(status, body, whether the server keeps the connection) of one answer."""
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool, bytes]:
+    """(status, body, whether the server keeps the connection, head) of one answer; the head
+    is its status line and headers, as sent."""
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head[:-4].split(b"\r\n")
     parts = lines[0].split(b" ", 2)
@@ -60,7 +77,7 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]
         body = await reader.readexactly(length)
     else:  # no length: the body runs to the end of the connection
         body, keep = await reader.read(), False
-    return int(parts[1]), body, keep
+    return int(parts[1]), body, keep, head[:-4]
 
 
 async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
@@ -90,14 +107,14 @@ async def _client(
     while (t0 := time.perf_counter()) < end:
         i = (i + 1) % len(requests)
         status: int | str
-        body = b""
+        body = head = b""
         try:
             async with asyncio.timeout(timeout):
                 if conn is None:
                     conn = await asyncio.open_connection(host, port, limit=1 << 20)
                 reader, writer = conn
                 writer.write(requests[i])
-                status, body, keep = await read_response(reader)
+                status, body, keep, head = await read_response(reader)
             if not keep:
                 writer.close()
                 conn = None
@@ -108,7 +125,7 @@ async def _client(
                 conn = None
         results.append((t0, time.perf_counter() - t0, status, i))
         if status == 200 and on_ok is not None:
-            on_ok(k, n, t0, i, body)
+            on_ok(k, n, t0, i, body, head)
             n += 1
     if conn is not None:
         conn[1].close()
@@ -125,22 +142,32 @@ async def run_clients(
     timeout: float = 60,
     tick: float = 0,
     on_tick: Callable[[list[Result]], None] | None = None,
+    body_headers: Sequence[Mapping[str, str]] | None = None,
 ) -> list[Result]:
     """`clients` connections post `bodies` to `target` until perf_counter() passes `end`.
 
     Every 200 goes to `on_ok` when given. With `on_tick`, it is called every `tick` seconds
-    with the results so far (a progress line)."""
+    with the results so far (a progress line). `body_headers`: each body's own headers."""
     url = urlsplit(target)
     if url.scheme != "http" or url.hostname is None:
         raise ValueError(f"{target}: only http:// urls are supported")
-    requests = requests_for(target, bodies, headers)
+    requests = requests_for(target, bodies, headers, body_headers)
     results: list[Result] = []
     work = [
-        asyncio.ensure_future(
-            _client(k, url.hostname, url.port or 80, requests, end, timeout, results, on_ok)
-        )
+        _client(k, url.hostname, url.port or 80, requests, end, timeout, results, on_ok)
         for k in range(clients)
     ]
+    return await gather(work, results, tick, on_tick)
+
+
+async def gather(
+    work: Sequence[Coroutine[Any, Any, None]],
+    results: list[Result],
+    tick: float = 0,
+    on_tick: Callable[[list[Result]], None] | None = None,
+) -> list[Result]:
+    """Run the clients' coroutines, which append to `results`, to their end; `on_tick` is
+    called every `tick` seconds meanwhile with the results so far."""
     done = asyncio.ensure_future(asyncio.gather(*work))
     while on_tick is not None and tick > 0 and not done.done():
         await asyncio.wait({done}, timeout=tick)

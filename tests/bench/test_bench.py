@@ -60,10 +60,10 @@ def test_a_short_run_against_a_real_server(
     out = tmp_path / "run"
     before = ceilings()
     run = bench(
-        "--url", server.url, "--model", str(model_path), "--model-name", "small",
-        "--concurrency", "1,2", "--duration", "1", "--warmup", "0.5",
-        "--formats", "json,msgpack", "--reference-duration", "0.2", "--ceiling",
-        "--out", str(out),
+        "--url", server.url, "--grpc-url", server.grpc_url, "--model", str(model_path),
+        "--model-name", "small", "--concurrency", "1,2", "--duration", "1", "--warmup", "0.5",
+        "--formats", "json,msgpack,v2-binary,v2-grpc", "--reference-duration", "0.2",
+        "--ceiling", "--out", str(out),
     )  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     assert ceilings() <= before  # the bench stopped its ceiling
@@ -81,10 +81,11 @@ def test_a_short_run_against_a_real_server(
     rows = doc["results"]
     assert [(r["front"], r["format"], r["concurrency"]) for r in rows] == [
         (front, fmt, n)
-        for fmt in ("json", "msgpack")
         for n in (1, 2)
-        for front in ("url", "ceiling")
-    ]  # the ceiling right after the server at each level
+        for fmt in ("json", "msgpack", "v2-binary", "v2-grpc")
+        for front in (("url", "ceiling") if fmt in HEADERS else ("url",))
+    ]  # formats back to back at each level, the ceiling right after the server; it stands
+    # for the native route only
     for r in rows:
         assert r["req_s"] > 0 and r["ids_s"] > 0 and r["ok"] > 0 and r["errors"] == {}
         assert 0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"]
@@ -92,12 +93,27 @@ def test_a_short_run_against_a_real_server(
         assert (r["server_cpu_ms_per_req"] is None) == (r["front"] == "url")  # started here
     assert doc["wrong"] == 0 and doc["checked"] == sum(r["checked"] for r in rows)
     assert doc["settings"]["ceiling"] is True
+    assert doc["target"]["grpc_url"] == server.grpc_url
+    assert doc["settings"]["grpc_channels"] == "client"
+    # the v2 formats: every answer of the warm-up and a sample after checked, none wrong
+    for fmt in ("v2-binary", "v2-grpc"):
+        assert all(r["checked"] > 0 and r["wrong"] == 0 for r in rows if r["format"] == fmt)
+    v2 = doc["comparisons"]["v2_over_msgpack"]
+    assert [(c["front"], c["format"], c["concurrency"]) for c in v2] == [
+        ("url", fmt, n) for n in (1, 2) for fmt in ("v2-binary", "v2-grpc")
+    ]
+    for c in v2:
+        assert c["req_s_ratio"] == c["req_s"][c["format"]] / c["req_s"]["msgpack"] > 0
+        assert c["target"] is False and c["met"] is None  # the target is at 32 clients
+    v2_target = doc["comparisons"]["v2_target"]
+    assert (v2_target["concurrency"], v2_target["min_ratio"]) == (32, 0.8)
+    assert v2_target["results"] == [] and v2_target["met"] is None
     about = doc["ceiling"]
     assert {"what", "request", "ids", "answer_bytes"} <= set(about) and about["ids"] > 0
     assert about["answer_bytes"]["json"] > about["answer_bytes"]["msgpack"] > 0
     over = doc["comparisons"]["over_ceiling"]
     assert [(c["front"], c["format"], c["concurrency"]) for c in over] == [
-        ("url", fmt, n) for fmt in ("json", "msgpack") for n in (1, 2)
+        ("url", fmt, n) for n in (1, 2) for fmt in ("json", "msgpack")
     ]
     for c in over:
         assert c["req_s_ratio"] == c["req_s"]["url"] / c["req_s"]["ceiling"] > 0
@@ -116,7 +132,13 @@ def test_a_short_run_against_a_real_server(
         run.stdout
     )
     assert "index_select, 1 core" in run.stdout
+    assert "| front | clients | json: req/s (p50 / p99 ms) |" in run.stdout
+    assert (
+        "| url | v2-grpc | 2 | " in run.stdout
+        and "| front | format | clients | req/s over msgpack's |" in run.stdout
+    )
     assert "[bench] url json x2" in run.stderr  # progress lines
+    assert "[bench] url v2-grpc x2" in run.stderr
     assert "[bench] ceiling msgpack x2" in run.stderr
 
 

@@ -57,10 +57,12 @@ def drive(reply: Reply, clients: int = 3, seconds: float = 0.3, **kw: Any) -> di
         server, connections = await serve(reply)
         port = server.sockets[0].getsockname()[1]
         seen: list[tuple[int, bytes]] = []
+        heads: list[bytes] = []
         bodies = [b"zero", b"one-one", b""]
 
-        def on_ok(client: int, n: int, t0: float, index: int, content: bytes) -> None:
+        def on_ok(client: int, n: int, t0: float, index: int, content: bytes, head: bytes) -> None:
             seen.append((index, content))
+            heads.append(head)
 
         results = await wire.run_clients(
             f"http://127.0.0.1:{port}/predictions/m",
@@ -73,7 +75,13 @@ def drive(reply: Reply, clients: int = 3, seconds: float = 0.3, **kw: Any) -> di
         )
         server.close()
         await server.wait_closed()
-        return {"results": results, "seen": seen, "bodies": bodies, "connections": connections}
+        return {
+            "results": results,
+            "seen": seen,
+            "heads": heads,
+            "bodies": bodies,
+            "connections": connections,
+        }
 
     return wire.run(main())
 
@@ -84,6 +92,10 @@ def test_content_length_answers_keep_one_connection_per_client() -> None:
     assert {r[2] for r in out["results"]} == {200}
     assert all(content == out["bodies"][i].upper() for i, content in out["seen"])
     assert len(out["connections"]) == 3  # keep-alive: no reconnects
+    # the answer's head as sent, for the checks that read a header (v2's binary answers)
+    assert {h.split(b"\r\n")[0] for h in out["heads"]} == {b"HTTP/1.1 200 OK"}
+    pairs = zip(out["heads"], out["seen"], strict=True)
+    assert all(h.endswith(b"Content-Length: %d" % len(c)) for h, (_, c) in pairs)
 
 
 def test_chunked_answers_are_joined() -> None:
