@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -14,6 +15,7 @@ IDS_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536, 262144)
 class Metrics:
     def __init__(self, queue_depth: Callable[[], float], ranks_ready: Callable[[], float]):
         self.registry = CollectorRegistry()
+        self._children: dict[tuple[str, int | str], tuple[Any, Any]] = {}
         r = self.registry
         self.requests = Counter(
             "seqserve_requests",
@@ -44,10 +46,15 @@ class Metrics:
             ranks_ready
         )
 
-    def observe(self, route: str, status: int, seconds: float) -> None:
-        """One answered HTTP request: counted by route template and status, and timed."""
-        self.requests.labels(route, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
+    def observe(self, route: str, status: int | str, seconds: float) -> None:
+        """One answered request: counted by route template and status, and timed."""
+        # labels() costs a lock and a tuple lookup per call: keep each (route, status)'s pair.
+        pair = self._children.get((route, status))
+        if pair is None:
+            pair = (self.requests.labels(route, str(status)), self.latency.labels(route))
+            self._children[(route, status)] = pair
+        pair[0].inc()
+        pair[1].observe(seconds)
 
     def on_batch(self, sequences: int, ids: int) -> None:
         self.batch_size.observe(sequences)

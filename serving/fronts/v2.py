@@ -133,7 +133,8 @@ def model_metadata(spec: ModelSpec, version: int) -> dict[str, Any]:
 def _ids(t: Tensor, table_rows: int) -> np.ndarray:
     """A feature's ids as int64, each one in [0, table_rows)."""
     arr = _values(t)
-    bad = (arr < 0) | (arr >= table_rows)
+    # One unsigned compare: a negative id reads as a huge one, so it is out of range too.
+    bad = arr.view(np.uint64) >= table_rows
     if bad.any():
         pos = int(np.argmax(bad))
         raise InvalidInput(

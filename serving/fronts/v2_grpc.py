@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
-from serving.errors import SeqServeError, http_status
+from serving.errors import InvalidInput, SeqServeError, http_status
 from serving.fronts import v2
 from serving.fronts.proto import grpc_service_pb2 as pb
 from serving.fronts.proto import grpc_service_pb2_grpc as pb_grpc
@@ -56,6 +56,8 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
             self.service.metrics.observe(f"grpc/{method}", code.name, time.perf_counter() - start)
 
     def _authorize(self, context: Any) -> None:
+        if not self.service.settings.auth_token:
+            return  # an open server: no need to read the call's metadata
         metadata = dict(context.invocation_metadata() or ())
         self.service.authorize(metadata.get("authorization"))
 
@@ -122,7 +124,7 @@ def _tensors(request: Any) -> list[v2.Tensor]:
     """The request's inputs, their data from raw_input_contents or typed contents."""
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
-        raise v2.InvalidInput(
+        raise InvalidInput(
             f"raw_input_contents: {len(raw)} entries for {len(request.inputs)} inputs; "
             "give one per input, in order",
             "raw_input_contents",
