@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from importlib import metadata
 from typing import Any
 
 from fastapi import Depends, FastAPI, Path, Request, Response
@@ -35,7 +36,7 @@ from serving.settings import ServerSettings
 log = logging.getLogger("seqserve")
 
 HTTP_NAMES = {404: "NotFound", 405: "MethodNotAllowed", 400: "InvalidInput"}
-VERSION = "0.1.0"
+VERSION = metadata.version("seqserve")  # pyproject.toml's, as installed
 
 
 def response(reply: Reply) -> Response:

@@ -35,9 +35,7 @@ class Service:
         self.engine = engine
         self.spec = engine.spec
         self.version = 1  # of the weights served; CONTRACT section 5 counts updates from here
-        tables = self.spec.table_of()
-        self.rows = {f: t.num_embeddings for f, t in tables.items()}
-        self.dims = {f: t.embedding_dim for f, t in tables.items()}
+        self.rows = {f: t.num_embeddings for f, t in self.spec.table_of().items()}
         self.metrics = Metrics(
             queue_depth=lambda: self.batcher.queue_depth,
             ranks_ready=lambda: float(self.spec.sharding.world_size if engine.ready else 0),
