@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving import codec
 from serving.config import ModelSpec
+from serving.engine import stored
 from serving.engine.base import Engine
 from serving.errors import SeqServeError
 from serving.fronts import native, v2_grpc
@@ -166,6 +167,10 @@ def describe_model(engine: Engine) -> dict[str, Any]:
     plan = spec.plan()
     served = engine.describe()
     devices = served.pop("rank_devices")
+    held = stored.bytes_per_rank(spec)
+    for rank in served["ranks"]:
+        rank["bytes"] = sum(held[rank["rank"]].values())
+        rank["tables"] = held[rank["rank"]]
     return {
         "name": spec.name,
         "world_size": spec.sharding.world_size,
@@ -176,6 +181,8 @@ def describe_model(engine: Engine) -> dict[str, Any]:
                 "name": t.name,
                 "num_embeddings": t.num_embeddings,
                 "embedding_dim": t.embedding_dim,
+                "dtype": t.dtype,
+                "bytes": sum(tables.get(t.name, 0) for tables in held.values()),
                 "features": t.features,
                 "sharding": plan[t.name].kind,
                 "shards": [

@@ -13,9 +13,9 @@ from serving.settings import add_flags
 
 
 def _demo_model(args: argparse.Namespace) -> None:
-    from serving.demo import write_model
+    from serving.demo import DEMO, REALISTIC, write_model
 
-    path = write_model(Path(args.dir))
+    path = write_model(Path(args.dir), REALISTIC if args.realistic else DEMO)
     print(f"wrote {path} and {path.parent / 'weights.safetensors'}")
 
 
@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo-model", help="write DIR/model.yaml and seeded safetensors weights")
     demo.add_argument("dir", help="folder to write into (created if missing)")
+    demo.add_argument(
+        "--realistic",
+        action="store_true",
+        help="a sequential recommender's tables instead: dims 16-256, int8 and fp16 tables, "
+        "a table-wise table (about 67 MB of float32 weights)",
+    )
     demo.set_defaults(run=_demo_model)
     serve = sub.add_parser(
         "serve", help="serve a model (the built-in demo by default) over HTTP with FastAPI"

@@ -19,6 +19,10 @@ WIDTH_MULTIPLE = 4
 # distributed: TorchRec DistributedModelParallel rank processes (serving/engine/distributed)
 EngineKind = Literal["local", "distributed"]
 ENGINE_KINDS: tuple[str, ...] = get_args(EngineKind)
+# How a table's rows are stored (answers are float32 whatever it is): int8 is FBGEMM's 8-bit
+# row-wise format, a scale and a bias per row.
+Dtype = Literal["fp32", "fp16", "int8"]
+DTYPES: tuple[str, ...] = get_args(Dtype)
 
 
 class _Strict(BaseModel):
@@ -30,6 +34,7 @@ class TableSpec(_Strict):
     num_embeddings: int
     embedding_dim: int
     features: list[str] = Field(min_length=1)
+    dtype: Dtype = "fp32"
 
 
 class TablePlacement(_Strict):
@@ -74,13 +79,11 @@ class ModelSpec(_Strict):
             raise ValueError(f"model name {self.name!r} must match [a-z0-9_-]{{1,64}}")
         _check_tables(self)
         _check_plan(self)
+        if self.sharding.engine == "distributed":
+            check_distributed(self)
         if self.weights and (self.weights.safetensors is None) == (self.weights.dcp is None):
             raise ValueError("weights: give exactly one of 'safetensors' or 'dcp'")
         return self
-
-    @property
-    def embedding_dim(self) -> int:
-        return self.tables[0].embedding_dim
 
     @property
     def features(self) -> list[str]:
@@ -118,12 +121,6 @@ def _check_tables(spec: ModelSpec) -> None:
             raise ValueError(f"table '{t.name}': num_embeddings must be >= 1")
         if t.embedding_dim < 1:
             raise ValueError(f"table '{t.name}': embedding_dim must be >= 1")
-        if t.embedding_dim != spec.embedding_dim:
-            raise ValueError(
-                f"table '{t.name}': embedding_dim {t.embedding_dim} differs from "
-                f"'{spec.tables[0].name}' ({spec.embedding_dim}); all tables of one "
-                "EmbeddingCollection share one dim"
-            )
         for f in t.features:
             if f in seen_features:
                 raise ValueError(
@@ -139,7 +136,6 @@ def _check_plan(spec: ModelSpec) -> None:
     for name in spec.sharding.tables:
         if name not in names:
             raise ValueError(f"sharding.tables: table '{name}' is not in tables")
-    widths: dict[int, str] = {}
     for t in spec.tables:
         placement = spec.sharding.tables.get(t.name)
         if placement is not None:
@@ -169,11 +165,37 @@ def _check_plan(spec: ModelSpec) -> None:
                 f"table '{t.name}': column shard width {width} is not a multiple of "
                 f"{WIDTH_MULTIPLE} (FBGEMM's fused sequence kernel)"
             )
-        widths.setdefault(width, t.name)
+
+
+def check_distributed(spec: ModelSpec) -> None:
+    """What the distributed engine cannot serve. Its ranks hold one TorchRec
+    EmbeddingCollection, whose tables share one dim, sharded by the training TBE, whose
+    sequence kernel takes one column-shard width and float32 weights; the local engine
+    serves all of these."""
+    first = spec.tables[0]
+    for t in spec.tables:
+        if t.dtype != "fp32":
+            raise ValueError(
+                f"table '{t.name}': dtype {t.dtype} needs the local engine; the distributed "
+                "engine serves fp32 tables only"
+            )
+        if t.embedding_dim != first.embedding_dim:
+            raise ValueError(
+                f"table '{t.name}': embedding_dim {t.embedding_dim} differs from "
+                f"'{first.name}' ({first.embedding_dim}); the distributed engine serves one "
+                "EmbeddingCollection, whose tables share one dim (the local engine does not "
+                "need this)"
+            )
+    widths: dict[int, str] = {}
+    for t in spec.tables:
+        plan = table_plan(spec, t)
+        if plan.kind == "column_wise":
+            widths.setdefault(plan.shards[0].end - plan.shards[0].start, t.name)
     if len(widths) > 1:
         found = ", ".join(f"'{name}' has {w}" for w, name in widths.items())
         raise ValueError(
-            f"column-wise tables must share one shard width (FBGEMM needs one width): {found}"
+            "the distributed engine needs one column shard width for all column-wise tables "
+            f"(FBGEMM's training kernel): {found}; the local engine does not need this"
         )
 
 
@@ -197,6 +219,15 @@ def parse_spec(raw: dict[str, Any], source: str = "model spec") -> ModelSpec:
         return ModelSpec.model_validate(raw)
     except ValidationError as e:
         raise SpecError(f"{source}: {_one_line(e)}") from None
+
+
+def with_engine(spec: ModelSpec, kind: EngineKind) -> ModelSpec:
+    """The spec served by another engine than it names, checked against that engine's rules."""
+    if kind == spec.sharding.engine:
+        return spec
+    raw = spec.model_dump(exclude_none=True)
+    raw["sharding"]["engine"] = kind
+    return parse_spec(raw, source=f"model '{spec.name}' on the {kind} engine")
 
 
 def resolve_weights(spec: ModelSpec, base: Path) -> ModelSpec:

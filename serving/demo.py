@@ -1,4 +1,5 @@
-"""The built-in demo model (CONTRACT section 1's example), and writing it to disk."""
+"""The built-in demo model (CONTRACT section 1's example), a realistic one, and writing either
+to disk."""
 
 from __future__ import annotations
 
@@ -32,6 +33,54 @@ DEMO: dict[str, Any] = {
         "tables": {
             "items": {"column_wise": [0, 1, 0, 1]},
             "categories": {"column_wise": [1, 0, 1, 0]},
+        },
+    },
+    "seed": 0,
+}
+
+# A sequential recommender's sparse arch as it is served: tables of 16 to 256 columns, the big
+# ones stored in int8 and fp16, a small table-wise one beside the column-wise ones.
+REALISTIC: dict[str, Any] = {
+    "name": "realistic",
+    "tables": [
+        {
+            "name": "items",
+            "num_embeddings": 100_000,
+            "embedding_dim": 128,
+            "dtype": "int8",
+            "features": ["item_id", "clicked_item_id"],
+        },
+        {
+            "name": "tags",
+            "num_embeddings": 10_000,
+            "embedding_dim": 256,
+            "dtype": "int8",
+            "features": ["tag_id"],
+        },
+        {
+            "name": "brands",
+            "num_embeddings": 20_000,
+            "embedding_dim": 64,
+            "dtype": "fp16",
+            "features": ["brand_id"],
+        },
+        {
+            "name": "categories",
+            "num_embeddings": 5_000,
+            "embedding_dim": 32,
+            "dtype": "fp16",
+            "features": ["category_id"],
+        },
+        {"name": "positions", "num_embeddings": 512, "embedding_dim": 16, "features": ["position"]},
+    ],
+    "sharding": {
+        "world_size": 2,
+        "tables": {
+            "items": {"column_wise": [0, 1, 0, 1]},
+            "tags": {"column_wise": [1, 0]},
+            "brands": {"column_wise": [1, 0, 1, 0]},
+            "categories": {"column_wise": [0, 1]},
+            "positions": {"table_wise": 1},
         },
     },
     "seed": 0,

@@ -15,7 +15,6 @@ from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from serving.config import ModelSpec, TableSpec
 from serving.engine.distributed.dmp import state_key
-from serving.engine.model import LocalShard
 from serving.errors import SpecError
 
 
@@ -68,20 +67,9 @@ def full_tables(spec: ModelSpec, path: Path) -> dict[str, torch.Tensor]:
     return {t.name: _read_table(keys[t.name], t, path) for t in spec.tables}
 
 
-def fill(spec: ModelSpec, path: Path, shards: list[LocalShard]) -> None:
-    """Column shards from the checkpoint, in one process: one whole table is read at a time
-    (DCP reshards into whole tensors without a process group), then its columns are copied."""
-    keys = checkpoint_keys(spec, path)
-    for t in spec.tables:
-        mine = [s for s in shards if s.table == t.name]
-        if not mine:
-            continue
-        whole = _read_table(keys[t.name], t, path)
-        with torch.no_grad():
-            for s in mine:
-                (r0, r1), (c0, c1) = s.rows, s.cols
-                s.tensor.copy_(whole[r0:r1, c0:c1])
-        del whole
+def read_table(spec: ModelSpec, path: Path, table: TableSpec) -> torch.Tensor:
+    """One table whole, float32, in this process."""
+    return _read_table(checkpoint_keys(spec, path)[table.name], table, path)
 
 
 def _read_table(key: str, table: TableSpec, path: Path) -> torch.Tensor:

@@ -7,9 +7,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-from torchrec import EmbeddingCollection, EmbeddingConfig
+from torch import nn
+from torch.ao import quantization as quant
+from torchrec import EmbeddingCollection, EmbeddingConfig, JaggedTensor, KeyedJaggedTensor
+from torchrec.quant.embedding_modules import EmbeddingCollection as QuantEmbeddingCollection
+from torchrec.quant.embedding_modules import QuantConfig
 
 from serving.config import ModelSpec
+from serving.engine.stored import Rows
 
 
 def internal_name(index: int) -> str:
@@ -30,13 +35,52 @@ def embedding_configs(spec: ModelSpec) -> list[EmbeddingConfig]:
     ]
 
 
-def unsharded(spec: ModelSpec, weights: Mapping[str, torch.Tensor]) -> EmbeddingCollection:
-    """The reference: a plain in-process EmbeddingCollection holding `weights[table]`."""
-    ec = EmbeddingCollection(tables=embedding_configs(spec), device=torch.device("cpu"))
-    with torch.no_grad():
+class Unsharded(nn.Module):
+    """The reference: plain in-process TorchRec collections holding whole tables, one per
+    (dim, dtype), since one EmbeddingCollection has one dim. fp16 and int8 tables sit in
+    TorchRec's QuantEmbeddingCollection, quantized by TorchRec from the float32 rows.
+    Called with a KeyedJaggedTensor of the spec's keys, like an EmbeddingCollection."""
+
+    def __init__(self, spec: ModelSpec, weights: Mapping[str, torch.Tensor]):
+        super().__init__()
+        groups: dict[tuple[int, str], list[int]] = {}
         for i, t in enumerate(spec.tables):
-            ec.embeddings[internal_name(i)].weight.copy_(weights[t.name])
-    return ec
+            groups.setdefault((t.embedding_dim, t.dtype), []).append(i)
+        configs = embedding_configs(spec)
+        self.collections = nn.ModuleList()
+        self.keys: list[list[str]] = []
+        for (_, dtype), members in groups.items():
+            ec = EmbeddingCollection(
+                tables=[configs[i] for i in members], device=torch.device("cpu")
+            )
+            with torch.no_grad():
+                for i in members:
+                    ec.embeddings[internal_name(i)].weight.copy_(weights[spec.tables[i].name])
+            self.collections.append(ec if dtype == "fp32" else quantized(ec, dtype))
+            self.keys.append([f for i in members for f in spec.tables[i].features])
+
+    def forward(self, kjt: KeyedJaggedTensor) -> dict[str, JaggedTensor]:
+        if len(self.collections) == 1:
+            return self.collections[0](kjt)
+        by_key = kjt.to_dict()
+        out: dict[str, JaggedTensor] = {}
+        for ec, keys in zip(self.collections, self.keys, strict=True):
+            out.update(ec(KeyedJaggedTensor.from_jt_dict({k: by_key[k] for k in keys})))
+        return out
+
+
+def quantized(ec: EmbeddingCollection, dtype: str) -> nn.Module:
+    """TorchRec's own quantized copy of `ec` (FBGEMM's inference kernel underneath)."""
+    weight = {"fp16": torch.float16, "int8": torch.qint8}[dtype]
+    ec.qconfig = QuantConfig(
+        activation=quant.PlaceholderObserver.with_args(dtype=torch.float),
+        weight=quant.PlaceholderObserver.with_args(dtype=weight),
+    )
+    return QuantEmbeddingCollection.from_float(ec)
+
+
+def unsharded(spec: ModelSpec, weights: Mapping[str, torch.Tensor]) -> Unsharded:
+    return Unsharded(spec, weights)
 
 
 @dataclass(frozen=True)
@@ -44,4 +88,18 @@ class LocalShard:
     table: str  # spec name
     rows: tuple[int, int]  # [start, end)
     cols: tuple[int, int]
-    tensor: torch.Tensor  # a view into FBGEMM's weights: writing it loads the shard
+    tensor: torch.Tensor  # a view into FBGEMM's weights, in the stored dtype: writing it loads
+    scale_shift: torch.Tensor | None = None  # int8: the rows' [n, 4] scale and bias bytes
+
+    def write(self, at: int, rows: Rows) -> int:
+        """Take this shard's part of the table's whole rows [at, at + len(rows)), in stored
+        form; returns how many elements it wrote."""
+        (r0, r1), (c0, c1) = self.rows, self.cols
+        lo, hi = max(at, r0), min(at + len(rows), r1)
+        if lo >= hi:
+            return 0
+        self.tensor[lo - r0 : hi - r0].copy_(rows.data[lo - at : hi - at, c0:c1])
+        if self.scale_shift is not None:
+            assert rows.scale_shift is not None, "int8 shard given rows without scales"
+            self.scale_shift[lo - r0 : hi - r0].copy_(rows.scale_shift[lo - at : hi - at])
+        return (hi - lo) * (c1 - c0)

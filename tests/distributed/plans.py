@@ -21,13 +21,12 @@ def engine_for(kind: str, spec: ModelSpec, dispatch: str = "split", device: str 
     return engine
 
 
-def spec(
-    world: int, dim: int, tables: list[tuple[str, int, list[str], Any]], seed: int = 0
-) -> ModelSpec:
-    """tables: (name, rows, features, placement) with placement a rank list (column-wise),
-    an int (table-wise) or None (left out: one shard per rank)."""
+def spec(world: int, dim: int, tables: list[tuple[Any, ...]], seed: int = 0) -> ModelSpec:
+    """tables: (name, rows, features, placement[, dim[, dtype]]) with placement a rank list
+    (column-wise), an int (table-wise) or None (left out: one shard per rank); a table's own
+    dim, when given, stands in for `dim`, and its dtype is fp32 unless given."""
     placements: dict[str, Any] = {}
-    for name, _, _, where in tables:
+    for name, _, _, where, *_ in tables:
         if isinstance(where, list):
             placements[name] = {"column_wise": where}
         elif isinstance(where, int):
@@ -36,8 +35,14 @@ def spec(
         {
             "name": "t",
             "tables": [
-                {"name": n, "num_embeddings": r, "embedding_dim": dim, "features": f}
-                for n, r, f, _ in tables
+                {
+                    "name": n,
+                    "num_embeddings": r,
+                    "embedding_dim": own[0] if own else dim,
+                    "dtype": own[1] if len(own) > 1 else "fp32",
+                    "features": f,
+                }
+                for n, r, f, _, *own in tables
             ],
             "sharding": {"world_size": world, "tables": placements},
             "seed": seed,

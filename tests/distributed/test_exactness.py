@@ -8,7 +8,7 @@ import torch
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from serving.config import ModelSpec
+from serving.config import DTYPES, ModelSpec
 from serving.engine import weights
 from serving.errors import InvalidInput
 from tests.distributed.plans import ENGINES, engine_for, requests, spec
@@ -45,6 +45,32 @@ PLANS = {
     ),
 }
 
+# Tables of different dims, shard widths and stored dtypes: the local engine only (the
+# distributed engine refuses them at load, tests/unit/test_spec.py).
+MIXED = {
+    "dims-interleaved-tw": spec(
+        2,
+        0,
+        [
+            ("items", 1000, ["a", "b"], [0, 1, 0, 1], 64),
+            ("cats", 20, ["c"], [1, 0], 16),
+            ("shops", 30, ["d", "e"], 1, 32),
+            ("pos", 9, ["p"], 0, 4),
+        ],
+    ),
+    "dims-dtypes-repeated-ranks": spec(
+        3,
+        0,
+        [
+            ("items", 500, ["a", "b"], [2, 0, 0, 1], 128, "int8"),
+            ("tags", 40, ["t"], [1, 1, 0], 24, "fp16"),
+            ("cats", 9, ["c"], 2, 8, "int8"),
+            ("brands", 60, ["d"], [0, 2], 16, "fp16"),
+            ("pos", 12, ["p"], [1, 0], 8),
+        ],
+    ),
+}
+
 
 def run(
     kind: str,
@@ -66,6 +92,14 @@ def test_sharded_rows_equal_the_unsharded_model(kind: str, name: str) -> None:
     # One request, a few, and many in one batch; the same engine serves them in turn.
     batches = [requests(s, 1, seed=1)[:1], requests(s, 5, seed=2), requests(s, 300, seed=3)]
     run(kind, s, batches)
+
+
+@pytest.mark.parametrize("name", list(MIXED))
+def test_local_engine_serves_mixed_dims_and_dtypes_exactly(name: str) -> None:
+    # fp16 and int8 tables against TorchRec's QuantEmbeddingCollection of the same weights.
+    s = MIXED[name]
+    run("local", s, [requests(s, 1, seed=1)[:1], requests(s, 300, seed=3)])
+    run("local", s, [requests(s, 6000, seed=8, max_len=12)])  # on the thread pool
 
 
 @pytest.mark.parametrize("name", ["world2-interleaved-tw", "world3"])
@@ -94,12 +128,17 @@ def test_out_of_range_ids_never_reach_the_ranks(kind: str) -> None:
 
 
 @st.composite
-def random_plans(draw: st.DrawFn) -> ModelSpec:
+def random_plans(draw: st.DrawFn, mixed: bool = False) -> ModelSpec:
+    """Plans of one dim and fp32 tables (what both engines serve); `mixed`: each table its own
+    dim, shard count and stored dtype (the local engine)."""
     world = draw(st.integers(1, 3))
     shards = draw(st.integers(1, 4))
     width = draw(st.sampled_from([4, 8]))
     tables = []
     for i in range(draw(st.integers(1, 3))):
+        if mixed:
+            shards = draw(st.integers(1, 4))
+            width = draw(st.sampled_from([4, 8, 12, 32]))
         rows = draw(st.integers(1, 60))
         features = [f"t{i}f{j}" for j in range(draw(st.integers(1, 2)))]
         if draw(st.booleans()):
@@ -108,8 +147,9 @@ def random_plans(draw: st.DrawFn) -> ModelSpec:
             )
         else:
             where = draw(st.integers(0, world - 1))
-        tables.append((f"table{i}", rows, features, where))
-    return spec(world, shards * width, tables, seed=draw(st.integers(0, 1000)))
+        dtype = draw(st.sampled_from(DTYPES)) if mixed else "fp32"
+        tables.append((f"table{i}", rows, features, where, shards * width, dtype))
+    return spec(world, 0, tables, seed=draw(st.integers(0, 1000)))
 
 
 # Each example starts a rank group (seconds), so no shrinking: a failure prints its plan.
@@ -128,7 +168,7 @@ def test_property_any_valid_plan_and_batch_is_exact(
 
 # The local engine starts in milliseconds, so it can take many more plans.
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
-@given(plan=random_plans(), seed=st.integers(0, 2**16))
+@given(plan=random_plans(mixed=True), seed=st.integers(0, 2**16))
 def test_property_local_engine_any_plan_and_batch_is_exact(plan: ModelSpec, seed: int) -> None:
     run("local", plan, [requests(plan, n, seed=seed + n) for n in (1, 7, 60)])
 
@@ -151,9 +191,9 @@ def test_cuda_distributed_ranks_are_exact() -> None:
 
 
 @NO_CUDA
-@pytest.mark.parametrize("name", list(PLANS))
+@pytest.mark.parametrize("name", [*PLANS, *MIXED])
 def test_cuda_local_engine_is_exact_with_several_ranks_per_gpu(name: str) -> None:
     # World sizes above the GPU count put several ranks on one device (rank r on r % gpus).
-    s = PLANS[name]
+    s = {**PLANS, **MIXED}[name]
     batches = [requests(s, 1, seed=1)[:1], requests(s, 300, seed=3), requests(s, 5000, seed=4)]
     run("local", s, batches, device="cuda")

@@ -27,9 +27,28 @@ def test_a_ranks_shards_of_a_table_pack_into_one_piece_and_kernels_group_by_widt
     assert plans[4].pieces[0].columns == ((0, 12),)
 
 
+def test_tables_of_different_dims_and_dtypes_share_a_kernel_when_widths_match() -> None:
+    # items: dim 32 in 4 shards (width 8), int8; cats: dim 16 in 2 (width 8), fp16;
+    # pos: dim 8 table-wise on rank 0, fp32. Rank 0 packs items 0+2 (16 wide) and holds pos
+    # (8) and cats 0 (8); rank 1 packs items 1+3 (16) and holds cats 1 (8).
+    mixed = spec(
+        2,
+        0,
+        [
+            ("items", 30, ["a"], [0, 1, 0, 1], 32, "int8"),
+            ("cats", 5, ["c"], [0, 1], 16, "fp16"),
+            ("pos", 7, ["p"], 0, 8),
+        ],
+    )
+    plans = kernel_plans(mixed)
+    assert [(p.rank, p.width) for p in plans] == [(0, 16), (0, 8), (1, 16), (1, 8)]
+    assert [(q.table, q.dtype) for q in plans[1].pieces] == [("cats", "fp16"), ("pos", "fp32")]
+    assert plans[0].pieces[0].dtype == "int8"
+
+
 def test_packed_columns_go_to_their_answer_columns_adjacent_ones_in_one_copy() -> None:
     def piece(columns: tuple[tuple[int, int], ...]) -> Piece:
-        return Piece("t", 10, tuple(range(len(columns))), columns)
+        return Piece("t", 10, "fp32", tuple(range(len(columns))), columns)
 
     # shards 1 and 2 of a width-4 table: adjacent in the answer too, one copy
     assert piece(((4, 8), (8, 12))).copies() == ((0, 8, 4, 12),)

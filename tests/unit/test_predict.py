@@ -39,8 +39,8 @@ class Engine:
 
 
 def rows(items: list[Any]) -> list[Any]:
-    return [{f: np.zeros((len(ids), SPEC.embedding_dim), np.float32) for f, ids in r.items()}
-            for r in items]  # fmt: skip
+    dims = {f: t.embedding_dim for f, t in SPEC.table_of().items()}
+    return [{f: np.zeros((len(ids), dims[f]), np.float32) for f, ids in r.items()} for r in items]
 
 
 def call(

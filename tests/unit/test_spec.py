@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from serving.config import load_spec, parse_spec
+from serving.config import load_spec, parse_spec, with_engine
 from serving.errors import SpecError
 
 BASE: dict[str, Any] = {
@@ -81,7 +81,10 @@ def test_table_wise_stands_in_for_column_wise() -> None:
         ({"name": "Bad Name"}, "model name 'Bad Name' must match [a-z0-9_-]{1,64}"),
         ({"name": "x" * 65}, "must match [a-z0-9_-]{1,64}"),
         ({"tables__1__num_embeddings": 0}, "table 'cats': num_embeddings must be >= 1"),
-        ({"tables__1__embedding_dim": 8}, "table 'cats': embedding_dim 8 differs from 'items'"),
+        (
+            {"tables__1__dtype": "int4"},
+            "tables.1.dtype: Input should be 'fp32', 'fp16' or 'int8'",
+        ),
         ({"tables__1__features": ["a"]}, "table 'cats': feature 'a' is already served by table"),
         ({"tables__1__name": "items"}, "table 'items': table names must be unique"),
         (
@@ -92,10 +95,21 @@ def test_table_wise_stands_in_for_column_wise() -> None:
             {"sharding__tables__items": {"table_wise": -1}},
             "table 'items': rank -1 is outside [0, world_size=2)",
         ),
+        # What the distributed engine cannot serve, each named with the engine that can.
         (
-            {"sharding__tables__items": {"column_wise": [0, 1]}},
-            "column-wise tables must share one shard width (FBGEMM needs one width): "
-            "'items' has 8, 'cats' has 4",
+            {"sharding__engine": "distributed", "tables__1__dtype": "int8"},
+            "table 'cats': dtype int8 needs the local engine; the distributed engine serves "
+            "fp32 tables only",
+        ),
+        (
+            {"sharding__engine": "distributed", "tables__1__embedding_dim": 32},
+            "table 'cats': embedding_dim 32 differs from 'items' (16); the distributed engine "
+            "serves one EmbeddingCollection, whose tables share one dim",
+        ),
+        (
+            {"sharding__engine": "distributed", "sharding__tables__items": {"column_wise": [0, 1]}},
+            "the distributed engine needs one column shard width for all column-wise tables "
+            "(FBGEMM's training kernel): 'items' has 8, 'cats' has 4",
         ),
         (
             {"tables__0__embedding_dim": 10, "tables__1__embedding_dim": 10},
@@ -125,6 +139,27 @@ def test_table_wise_stands_in_for_column_wise() -> None:
 )
 def test_each_rule_names_the_table_and_the_rule(changes: dict[str, Any], message: str) -> None:
     assert message in error_of(spec_with(**changes))
+
+
+def test_tables_may_differ_in_dim_shard_width_and_dtype_on_the_local_engine() -> None:
+    raw = spec_with(
+        tables__1__embedding_dim=32,
+        tables__1__dtype="int8",
+        tables__0__dtype="fp16",
+        sharding__tables__items={"column_wise": [0, 1]},
+    )
+    s = parse_spec(raw)
+    assert [(t.embedding_dim, t.dtype) for t in s.tables] == [(16, "fp16"), (32, "int8")]
+    assert [s.plan()[t].shards[0].end for t in ("items", "cats")] == [8, 8]
+    assert parse_spec(BASE).tables[0].dtype == "fp32"
+
+
+def test_choosing_the_distributed_engine_later_checks_its_rules() -> None:
+    s = parse_spec(spec_with(tables__1__embedding_dim=32))
+    with pytest.raises(SpecError, match="model 'demo' on the distributed engine: table 'cats'"):
+        with_engine(s, "distributed")
+    same = parse_spec(BASE)
+    assert with_engine(same, "distributed").sharding.engine == "distributed"
 
 
 def test_load_spec_reads_yaml_and_makes_weight_paths_absolute(tmp_path: Any) -> None:

@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from serving import collate as collate_lib
 from serving.collate import Batch, Request
-from serving.config import EngineKind, ModelSpec
+from serving.config import EngineKind, ModelSpec, with_engine
 from serving.engine import weights
 from serving.engine.base import default_device
 from serving.engine.distributed import rank as rank_lib
@@ -67,7 +67,7 @@ class DistributedEngine:
         restart_backoff_max: float = 30.0,
     ):
         self.kind: EngineKind = "distributed"
-        self.spec = spec
+        self.spec = with_engine(spec, "distributed")
         self.dispatch = dispatch
         self.device = device or default_device()
         self.world = spec.sharding.world_size

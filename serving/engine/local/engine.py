@@ -230,17 +230,15 @@ class LocalEngine:
         ranks: dict[int, dict[str, Any]] = {}
         for k in self.kernels:
             r = ranks.setdefault(
-                k.plan.rank,
-                {"rank": k.plan.rank, "device": str(k.device), "kernels": [], "bytes": 0},
+                k.plan.rank, {"rank": k.plan.rank, "device": str(k.device), "kernels": []}
             )
             r["kernels"].append(
                 {
                     "width": k.plan.width,
-                    "dtype": "fp32",
+                    "dtypes": sorted({p.dtype for p in k.plan.pieces}),
                     "shards": sum(len(p.shards) for p in k.plan.pieces),
                 }
             )
-            r["bytes"] += k.nbytes
         return {
             "engine": self.kind,
             "device": self.device,

@@ -1,11 +1,11 @@
 """One FBGEMM inference table-batched kernel holding a rank's pieces of one width.
 
-`IntNBitTableBatchedEmbeddingBagsCodegen` is the kernel TorchRec's inference path uses (FP32
-here; FP16 and INT8 run through the same call). Its Python `forward` costs ~17 us per call in
-bounds checks, cache bookkeeping and stats hooks that serving does not need: ids are checked
-against the table size in `collate`, and there is no cache. So the lookup calls FBGEMM's op
-directly with the module's own buffers: ~12 us for 20 ids instead of ~29 us. The op runs
-without the GIL, so kernels of different ranks can run on different cores.
+`IntNBitTableBatchedEmbeddingBagsCodegen` is the kernel TorchRec's inference path uses: each
+piece in its stored dtype (FP32, FP16 or INT8 row-wise), float32 out. Its Python `forward`
+costs ~17 us per call in bounds checks, cache bookkeeping and stats hooks that serving does
+not need: ids are checked against the table size in `collate`, and there is no cache. So the
+lookup calls FBGEMM's op directly with the module's own buffers: ~12 us for 20 ids instead of
+~29 us. The op runs without the GIL, so kernels of different ranks can run on different cores.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from fbgemm_gpu.split_table_batched_embeddings_ops_inference import (
 
 from serving.engine.local.placement import KernelPlan
 from serving.engine.model import LocalShard
+from serving.engine.stored import SPARSE_TYPE, TORCH_DTYPE, row_bytes
 
 # Every argument but the ids is a module buffer or setting of the same name (the weights
 # aside), read once in schema order, so the call follows the op's schema in any FBGEMM version.
@@ -40,7 +41,7 @@ class Kernel:
         self.targets = [(s.key, s.copies) for s in plan.slots]
         location = EmbeddingLocation.HOST if device.type == "cpu" else EmbeddingLocation.DEVICE
         self.module = IntNBitTableBatchedEmbeddingBagsCodegen(
-            [(p.name, p.rows, p.width, SparseType.FP32, location) for p in plan.pieces],
+            [(p.name, p.rows, p.width, SPARSE_TYPE[p.dtype], location) for p in plan.pieces],
             feature_table_map=[s.piece for s in plan.slots],
             pooling_mode=PoolingMode.NONE,
             device=device,
@@ -55,22 +56,23 @@ class Kernel:
         self._at = names.index("indices"), names.index("offsets")
 
     def shards(self) -> list[LocalShard]:
-        """Float32 [rows, w] views of each shard's packed columns: writing one loads a shard."""
+        """Views of each shard's packed columns in the stored dtype (and, for int8, the rows'
+        scale and bias, shared by a piece's shards): writing them loads a shard."""
         out = []
-        for p, (w, _) in zip(self.plan.pieces, self.module.split_embedding_weights(), strict=True):
-            packed = w.view(torch.float32)
+        weights = self.module.split_embedding_weights()
+        for p, (w, scale_shift) in zip(self.plan.pieces, weights, strict=True):
+            packed = w.view(TORCH_DTYPE[p.dtype])
             assert packed.shape == (p.rows, p.width), packed.shape
             at = 0
             for start, end in p.columns:
                 view = packed[:, at : at + end - start]
-                out.append(LocalShard(p.table, (0, p.rows), (start, end), view))
+                out.append(LocalShard(p.table, (0, p.rows), (start, end), view, scale_shift))
                 at += end - start
         return out
 
-    @property
-    def nbytes(self) -> int:
-        """Bytes of the weights as stored (alignment padding between tables left out)."""
-        return sum(w.numel() * w.element_size() for w, _ in self.module.split_embedding_weights())
+    def table_bytes(self) -> dict[str, int]:
+        """Bytes of each table's piece as stored (FBGEMM's alignment padding left out)."""
+        return {p.table: p.rows * row_bytes(p.width, p.dtype) for p in self.plan.pieces}
 
     def lookup(self, indices: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """[len(indices), width] rows; `offsets` delimits the slots' ids, slot order."""

@@ -7,7 +7,9 @@ as many reads as it has shards, each a likely cache miss), and one lookup slot p
 
 FBGEMM's sequence (PoolingMode.NONE) kernels take one width per call, so a rank's pieces are
 grouped by width: a rank holding a packed width-32 piece beside a table-wise table of width 64
-gets two kernels. Each kernel looks up one "slot" per (piece, feature of its table) and copies
+gets two kernels. Stored dtypes may differ within one call (the inference kernel reads each
+table in its own format and writes float32), so fp32, fp16 and int8 pieces of one width share
+a kernel. Each kernel looks up one "slot" per (piece, feature of its table) and copies
 the slot's rows, column range by column range, into that feature's answer.
 """
 
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from serving.config import ModelSpec
+from serving.config import Dtype, ModelSpec
 
 # (from, to) packed columns of a piece -> (from, to) columns of the answer row
 Copy = tuple[int, int, int, int]
@@ -27,6 +29,7 @@ class Piece:
 
     table: str
     rows: int
+    dtype: Dtype
     shards: tuple[int, ...]  # the shards' positions in the table's column order
     columns: tuple[tuple[int, int], ...]  # each shard's answer columns [start, end)
 
@@ -80,7 +83,7 @@ def kernel_plans(spec: ModelSpec) -> list[KernelPlan]:
         for rank in sorted({s.rank for s in shards}):
             mine = [k for k, s in enumerate(shards) if s.rank == rank]
             columns = tuple((shards[k].start, shards[k].end) for k in mine)
-            piece = Piece(t.name, t.num_embeddings, tuple(mine), columns)
+            piece = Piece(t.name, t.num_embeddings, t.dtype, tuple(mine), columns)
             by_rank.setdefault(rank, {}).setdefault(piece.width, []).append(piece)
     features = {t.name: t.features for t in spec.tables}
     kernels = []
