@@ -7,6 +7,12 @@ to end. Measurements are interleaved (each round runs a short block of every pat
 so drift on a shared machine hits every column alike; each cell is a median.
 
     .venv/bin/python benchmarks/engine_bench.py [--sizes 1,32,256,4096,8192] [--reps 7]
+
+With --realistic: the local engine on `seqserve demo-model --realistic`'s tables (dims 16-256,
+int8 and fp16 beside fp32), stored as the spec says and with every table fp32, fp16 or int8,
+side by side on the same requests; with each variant's bytes per rank as stored.
+
+    .venv/bin/python benchmarks/engine_bench.py --realistic [--sizes 32,4096]
 """
 
 from __future__ import annotations
@@ -25,8 +31,9 @@ import numpy as np
 import torch
 
 from serving.bench.reference import unsharded_rows
-from serving.demo import demo_spec
-from serving.engine import model, weights
+from serving.config import ModelSpec, parse_spec
+from serving.demo import REALISTIC, demo_spec
+from serving.engine import model, stored, weights
 from serving.engine.distributed.driver import DistributedEngine
 from serving.engine.local.engine import LocalEngine
 from serving.split import split
@@ -101,9 +108,15 @@ def main() -> None:
         help="cpu, or cuda: the unsharded model and both engines on GPUs (the local engine "
         "puts rank r on cuda:(r % gpus); the distributed one needs a GPU per rank)",
     )
-    ap.add_argument("--out", default="benchmarks/results/engine_bench.json")
+    ap.add_argument(
+        "--realistic", action="store_true", help="stored dtypes side by side on the realistic model"
+    )
+    ap.add_argument("--out", default="")
     args = ap.parse_args()
     steady_allocator()
+    if args.realistic:
+        dtypes(args)
+        return
 
     spec = demo_spec()
     rows = {f: t.num_embeddings for f, t in spec.table_of().items()}
@@ -131,23 +144,14 @@ def main() -> None:
             }
             if dist is not None:
                 paths["distributed"] = lambda reqs=reqs: dist.forward(reqs)
-            times: dict[str, list[float]] = {p: [] for p in paths}
-            for fn in paths.values():
-                fn()  # warm: buffers grow to this size once
-            for _ in range(args.reps):
-                for p, fn in paths.items():
-                    # A block of calls per path, its first call not counted: it would pay for the
-                    # previous path's idle threads (torch's OpenMP pool spins a while after a
-                    # parallel region) and caches, which a server running one path never does.
-                    fn()
-                    times[p].extend(timed(fn) for _ in range(args.block))
+            medians = interleaved(paths, args)
             row: dict[str, Any] = {"sequences": size, "ids": ids}
             row["local_stages_ms"] = {
                 k: statistics.median(t[k] for t in stages[1:]) * 1e3 for k in stages[-1]
             }
-            for p, ts in times.items():
-                row[f"{p}_ms"] = statistics.median(ts) * 1e3
-                row[f"{p}_ids_per_s"] = ids / statistics.median(ts)
+            for p, t in medians.items():
+                row[f"{p}_ms"] = t * 1e3
+                row[f"{p}_ids_per_s"] = ids / t
             results.append(row)
             print(f"measured {size} sequences ({ids} ids)", flush=True)
     finally:
@@ -155,12 +159,86 @@ def main() -> None:
         if dist is not None:
             dist.close()
     report(results)
-    out = Path(args.out)
+    write(args.out or "benchmarks/results/engine_bench.json", results, args)
+
+
+def write(path: str, results: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps({"results": results, "reps": args.reps, "block": args.block}, indent=2)
     )
     print(f"\nwrote {out}")
+
+
+def interleaved(
+    paths: dict[str, Callable[[], object]], args: argparse.Namespace
+) -> dict[str, float]:
+    """Median seconds per call of each path, measured in turn, round after round."""
+    times: dict[str, list[float]] = {p: [] for p in paths}
+    for fn in paths.values():
+        fn()  # warm: buffers grow to this size once
+    for _ in range(args.reps):
+        for p, fn in paths.items():
+            # A block of calls per path, its first call not counted: it would pay for the
+            # previous path's idle threads (torch's OpenMP pool spins a while after a
+            # parallel region) and caches, which a server running one path never does.
+            fn()
+            times[p].extend(timed(fn) for _ in range(args.block))
+    return {p: statistics.median(ts) for p, ts in times.items()}
+
+
+def stored_as(dtype: str) -> ModelSpec:
+    """The realistic model as given ("mixed"), or with every table in one dtype."""
+    raw = json.loads(json.dumps(REALISTIC))
+    if dtype != "mixed":
+        for t in raw["tables"]:
+            t["dtype"] = dtype
+    return parse_spec(raw, source=f"realistic ({dtype})")
+
+
+def dtypes(args: argparse.Namespace) -> None:
+    """ids/s of the local engine per stored dtype, beside fp32, on the same requests."""
+    variants = ("fp32", "fp16", "int8", "mixed")
+    engines = {d: LocalEngine(stored_as(d), device=args.device) for d in variants}
+    rng = np.random.default_rng(0)
+    results: list[dict[str, Any]] = []
+    for e in engines.values():
+        e.start()
+    try:
+        for size in [int(s) for s in args.sizes.split(",")]:
+            reqs = make_requests(engines["fp32"].spec, size, args.mean_len, rng)
+            ids = sum(len(v) for r in reqs for v in r.values())
+            paths = {d: (lambda e=e, reqs=reqs: e.forward(reqs)) for d, e in engines.items()}
+            medians = interleaved(paths, args)
+            row: dict[str, Any] = {"sequences": size, "ids": ids}
+            for d, t in medians.items():
+                row[f"{d}_ms"] = t * 1e3
+                row[f"{d}_ids_per_s"] = ids / t
+            results.append(row)
+            print(f"measured {size} sequences ({ids} ids)", flush=True)
+    finally:
+        for e in engines.values():
+            e.close()
+    memory = {
+        d: {r: sum(t.values()) for r, t in stored.bytes_per_rank(e.spec).items()}
+        for d, e in engines.items()
+    }
+    print("\n| requests/batch | ids/batch | " + " | ".join(f"{d} ids/s" for d in variants) + " |")
+    print("|---:|---:|" + "---:|" * len(variants))
+    for r in results:
+        cells = [f"{r['fp32_ids_per_s'] / 1e6:.2f} M"] + [
+            f"{r[f'{d}_ids_per_s'] / 1e6:.2f} M ({r[f'{d}_ids_per_s'] / r['fp32_ids_per_s']:.2f}x)"
+            for d in variants[1:]
+        ]
+        print(f"| {r['sequences']} | {r['ids']} | " + " | ".join(cells) + " |")
+    print("\n| stored as | " + " | ".join(f"rank {r} MB" for r in memory["fp32"]) + " |")
+    print("|---|" + "---:|" * len(memory["fp32"]))
+    for d, ranks in memory.items():
+        print(f"| {d} | " + " | ".join(f"{b / 1e6:.1f}" for b in ranks.values()) + " |")
+    for r in results:
+        r["bytes_per_rank"] = memory
+    write(args.out or "benchmarks/results/dtypes/engine_bench.json", results, args)
 
 
 def _as_numpy(pair):

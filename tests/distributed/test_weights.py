@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from serving.engine import weights
 from serving.engine.distributed.driver import DistributedEngine
 from serving.errors import EngineStartError, SpecError
 from tests.distributed.plans import ENGINES, engine_for, requests, spec
-from tests.distributed.training_job import save_checkpoint
+from tests.distributed.training_job import Modules, save_checkpoint, save_job_checkpoint
 from tests.reference import assert_exact
 
 pytestmark = pytest.mark.slow
@@ -124,3 +125,76 @@ def test_a_rank_that_fails_to_start_shows_its_traceback(tmp_path: Path, checkpoi
     with pytest.raises(EngineStartError) as e:
         DistributedEngine(with_weights(SPEC, dcp=broken), threads_per_rank=1).start()
     assert "start: rank" in str(e.value) and "Traceback (most recent call last)" in str(e.value)
+
+
+# A training job's sparse arch: EmbeddingCollections of three dims (two of them using one table
+# name), and an EmbeddingBagCollection whose `products` serving must not take.
+JOB_DIMS = {
+    "history": {"products": (997, 32), "brands": (50, 32)},
+    "context": {"cats": (13, 16), "brands": (40, 16)},
+    "position": {"pos": (20, 8)},
+}
+JOB_BAGS = {"products": (997, 32), "users": (30, 16)}
+
+# What serving takes from it: tables of three dims, int8 and fp16 beside fp32.
+SERVED = spec(
+    2,
+    0,
+    [
+        ("products", 997, ["item", "clicked"], [0, 1, 0, 1], 32, "int8"),
+        ("cats", 13, ["cat"], [1, 0], 16, "fp16"),
+        ("pos", 20, ["pos"], 1, 8),
+    ],
+)
+
+
+@pytest.fixture(scope="module")
+def job() -> tuple[Path, dict[str, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(9)
+
+    def rand(shape: tuple[int, int]) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen) * 0.05
+
+    modules: Modules = {m: ("ec", {n: rand(s) for n, s in t.items()}) for m, t in JOB_DIMS.items()}
+    modules["user_bags"] = ("ebc", {n: rand(s) for n, s in JOB_BAGS.items()})
+    path = Path(tempfile.mkdtemp(prefix="job-")) / "checkpoint"
+    save_job_checkpoint(path, modules)
+    served = {"products": "history", "cats": "context", "pos": "position"}
+    return path, {n: modules[m][1][n] for n, m in served.items()}
+
+
+def test_a_multi_collection_row_wise_training_checkpoint_serves_exactly(
+    job: tuple[Path, dict[str, torch.Tensor]],
+) -> None:
+    path, tables = job
+    s = with_weights(SERVED, dcp=path)
+    assert all(torch.equal(weights.full_tables(s)[n], t) for n, t in tables.items())
+    reqs = requests(s, 200, seed=4)
+    with engine_for("local", s) as engine:
+        assert_exact(s, tables, reqs, engine.forward(reqs))
+    # The distributed engine serves the tables of one dim from the same checkpoint.
+    one_dim = with_weights(spec(2, 32, [("products", 997, ["item"], [1, 0, 0, 1])]), dcp=path)
+    reqs = requests(one_dim, 50, seed=5)
+    with engine_for("distributed", one_dim) as engine:
+        assert_exact(one_dim, tables, reqs, engine.forward(reqs))
+
+
+def test_a_name_in_two_collections_or_in_none_is_a_clear_error(
+    job: tuple[Path, dict[str, torch.Tensor]],
+) -> None:
+    path, _ = job
+    cases = [
+        (
+            spec(2, 32, [("brands", 50, ["b"], [0, 1])]),
+            "table 'brands': 2 keys (context.embeddings.brands.weight, "
+            "history.embeddings.brands.weight) ending in 'embeddings.brands.weight'",
+        ),
+        (
+            spec(2, 16, [("users", 30, ["u"], [0, 1])]),
+            "table 'users': no key ending in 'embeddings.users.weight'",
+        ),
+    ]
+    for s, message in cases:
+        with pytest.raises(SpecError) as e:
+            engine_for("local", with_weights(s, dcp=path)).start()
+        assert message in str(e.value)

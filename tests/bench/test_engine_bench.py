@@ -1,0 +1,44 @@
+"""benchmarks/engine_bench.py runs both of its modes and writes what the README quotes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow
+
+
+def bench(tmp_path: Path, *flags: str) -> list[dict[str, object]]:
+    out = tmp_path / "out.json"
+    subprocess.run(
+        [sys.executable, "benchmarks/engine_bench.py", "--sizes", "1,8", "--reps", "1"]
+        + ["--block", "1", "--out", str(out), *flags],
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    return json.loads(out.read_text())["results"]  # type: ignore[no-any-return]
+
+
+def test_engines_side_by_side(tmp_path: Path) -> None:
+    rows = bench(tmp_path, "--no-distributed")
+    assert [r["sequences"] for r in rows] == [1, 8]
+    assert all(r["local_ids_per_s"] > 0 and r["unsharded_ids_per_s"] > 0 for r in rows)
+
+
+def test_stored_dtypes_side_by_side_with_bytes_per_rank(tmp_path: Path) -> None:
+    rows = bench(tmp_path, "--realistic")
+    for d in ("fp32", "fp16", "int8", "mixed"):
+        assert all(r[f"{d}_ids_per_s"] > 0 for r in rows)  # type: ignore[operator]
+    memory = rows[0]["bytes_per_rank"]
+    assert isinstance(memory, dict)
+    # int8: a byte a column plus 4 per row, against fp32's 4 bytes a column.
+    assert memory["int8"]["0"] < 0.3 * memory["fp32"]["0"]
