@@ -39,28 +39,20 @@ class SparseArch(nn.Module):
         super().__init__()
         meta = torch.device("meta")
         for name, (kind, tables) in modules.items():
+            config = EmbeddingConfig if kind == "ec" else EmbeddingBagConfig
+            configs = [
+                config(
+                    name=n,
+                    num_embeddings=t.shape[0],
+                    embedding_dim=t.shape[1],
+                    feature_names=[f"{name}_{n}"],
+                )
+                for n, t in tables.items()
+            ]
             if kind == "ec":
-                configs = [
-                    EmbeddingConfig(
-                        name=n,
-                        num_embeddings=t.shape[0],
-                        embedding_dim=t.shape[1],
-                        feature_names=[f"{name}_{n}"],
-                    )
-                    for n, t in tables.items()
-                ]
                 self.add_module(name, EmbeddingCollection(tables=configs, device=meta))
             else:
-                bag_configs = [
-                    EmbeddingBagConfig(
-                        name=n,
-                        num_embeddings=t.shape[0],
-                        embedding_dim=t.shape[1],
-                        feature_names=[f"{name}_{n}"],
-                    )
-                    for n, t in tables.items()
-                ]
-                self.add_module(name, EmbeddingBagCollection(tables=bag_configs, device=meta))
+                self.add_module(name, EmbeddingBagCollection(tables=configs, device=meta))
 
 
 def _job(rank: int, world: int, port: int, path: str, modules: Modules, rows_only: bool) -> None:
