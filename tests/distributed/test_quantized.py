@@ -140,3 +140,22 @@ def test_an_int8_tables_resident_memory_is_about_a_quarter_of_fp32() -> None:
     # int8: a byte per column plus 4 bytes of scale and bias per row per rank, (64 + 8) / 256
     assert 0.22 < int8 / fp32 < 0.36, int8 / fp32
     assert 0.45 < fp16 / fp32 < 0.6, fp16 / fp32
+
+
+def test_the_bytes_models_reports_are_fbgemms_buffers() -> None:
+    s = spec(
+        3,
+        0,
+        [
+            ("items", 500, ["a"], [2, 0, 0, 1], 128, "int8"),
+            ("tags", 40, ["t"], [1, 1, 0], 24, "fp16"),
+            ("pos", 12, ["p"], 2, 8),
+        ],
+    )
+    held: dict[int, dict[str, int]] = {}
+    with LocalEngine(s, device="cpu") as engine:
+        for k in engine.kernels:
+            for table, n in k.table_bytes().items():
+                held.setdefault(k.plan.rank, {})[table] = n
+    assert held == stored.bytes_per_rank(s)
+    assert held[0]["items"] == 500 * (64 + 4)  # two int8 shards of 32 packed, one scale each

@@ -25,7 +25,7 @@ from fbgemm_gpu.split_table_batched_embeddings_ops_inference import (
 
 from serving.engine.local.placement import KernelPlan
 from serving.engine.model import LocalShard
-from serving.engine.stored import SPARSE_TYPE, TORCH_DTYPE, row_bytes
+from serving.engine.stored import SPARSE_TYPE, TORCH_DTYPE
 
 # Every argument but the ids is a module buffer or setting of the same name (the weights
 # aside), read once in schema order, so the call follows the op's schema in any FBGEMM version.
@@ -71,8 +71,14 @@ class Kernel:
         return out
 
     def table_bytes(self) -> dict[str, int]:
-        """Bytes of each table's piece as stored (FBGEMM's alignment padding left out)."""
-        return {p.table: p.rows * row_bytes(p.width, p.dtype) for p in self.plan.pieces}
+        """Bytes of each table's piece in FBGEMM's buffers (codes, and scales for int8; the
+        alignment padding of rows left out)."""
+        return {
+            p.table: w.numel() + (0 if scale_shift is None else scale_shift.numel())
+            for p, (w, scale_shift) in zip(
+                self.plan.pieces, self.module.split_embedding_weights(), strict=True
+            )
+        }
 
     def lookup(self, indices: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """[len(indices), width] rows; `offsets` delimits the slots' ids, slot order."""
