@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib import metadata
+from pathlib import Path as FilePath
 from typing import Any
 
 from fastapi import Depends, FastAPI, Path, Request, Response
@@ -23,16 +24,17 @@ from serving import codec
 from serving.config import ModelSpec
 from serving.engine import stored
 from serving.engine.base import Engine
-from serving.errors import SeqServeError
+from serving.errors import PayloadTooLarge, SeqServeError
 from serving.fronts import native, v2_grpc
 from serving.fronts.asgi import Reply
 from serving.fronts.native import Predictions, error_reply, seqserve_error_reply
 from serving.fronts.v2_openapi import v2_paths
 from serving.fronts.v2_rest import V2Rest
 from serving.metrics import Metrics
-from serving.schemas import error_responses, predict_openapi
+from serving.schemas import error_responses, predict_openapi, weights_openapi
 from serving.service import Service
 from serving.settings import ServerSettings
+from serving.watch import watch
 
 log = logging.getLogger("seqserve")
 
@@ -73,9 +75,16 @@ def create_app(
             yield
             return
         starting = asyncio.create_task(service.start(on_ready, on_fatal))
+        watcher = (
+            asyncio.create_task(watch(service, FilePath(settings.updates_dir)))
+            if settings.updates_dir
+            else None
+        )
         try:
             yield
         finally:
+            if watcher is not None:
+                watcher.cancel()
             # Uvicorn has stopped accepting and answered what was in flight; gRPC does the
             # same within the request timeout, then the queue is drained.
             await grpc_server.stop(settings.request_timeout_s)
@@ -128,11 +137,39 @@ def create_app(
         service.model(model)
         return {**describe_model(engine), "version": service.version}
 
+    @app.post(
+        "/models/{model}/weights",
+        dependencies=guarded,
+        responses=error_responses(400, 401, 403, 404, 413, 415, 503),
+        openapi_extra=weights_openapi(),
+    )
+    async def change_weights(request: Request, model: str = model_param) -> dict[str, int]:
+        """A row delta (safetensors) or a full reload ({"safetensors"|"dcp": PATH}); the reply
+        comes once every rank serves the new version."""
+        service.model(model)
+        body = await body_within(request, settings.max_update_bytes)
+        changed = await service.change(body, request.headers.get("content-type", ""))
+        return {"version": changed.version, "rows": changed.rows}
+
     @app.get("/metrics", response_class=Response)
     async def prometheus() -> Response:
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+async def body_within(request: Request, limit: int) -> bytes:
+    """The whole body, or PayloadTooLarge as soon as it is known to be over `limit`."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body of {declared} bytes is over the limit of {limit}")
+    parts, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def document_fronts(app: FastAPI, spec: ModelSpec, version: int, secured: bool) -> None:

@@ -10,6 +10,7 @@ from serving.bench.options import add_flags as bench_flags
 from serving.config import ModelSpec
 from serving.errors import SeqServeError
 from serving.settings import add_flags
+from serving.update_cli import add_flags as update_flags
 
 
 def _demo_model(args: argparse.Namespace) -> None:
@@ -73,6 +74,12 @@ def _bench(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _update(args: argparse.Namespace) -> int:
+    from serving.update_cli import run
+
+    return run(args)
+
+
 def _batching_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, help="model.yaml (default: the built-in demo)")
     p.add_argument("--batch-size", type=int, default=32, help="TorchServe batchSize (default 32)")
@@ -128,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench_flags(bench)
     bench.set_defaults(run=_bench)
+    update = sub.add_parser(
+        "update", help="push a row delta or a full weights reload to a running server"
+    )
+    update_flags(update)
+    update.set_defaults(run=_update)
     return parser
 
 

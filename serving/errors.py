@@ -52,6 +52,14 @@ class QueueFull(SeqServeError):
         self.retry_after = retry_after
 
 
+class BadUpdate(SeqServeError):
+    """A weight update that cannot be applied; nothing changed. The message says why."""
+
+
+class UpdatesDisabled(SeqServeError):
+    """Weight updates are off: the server was not started with --allow-updates."""
+
+
 class DeadlineExceeded(SeqServeError):
     """A request waited past its deadline; it was not computed."""
 
@@ -60,7 +68,9 @@ class DeadlineExceeded(SeqServeError):
 # they honour one contract.
 HTTP_STATUS: dict[type[SeqServeError], int] = {
     InvalidInput: 400,
+    BadUpdate: 400,
     Unauthorized: 401,
+    UpdatesDisabled: 403,
     UnknownModel: 404,
     PayloadTooLarge: 413,
     UnsupportedMediaType: 415,

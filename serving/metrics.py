@@ -13,7 +13,12 @@ IDS_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536, 262144)
 
 
 class Metrics:
-    def __init__(self, queue_depth: Callable[[], float], ranks_ready: Callable[[], float]):
+    def __init__(
+        self,
+        queue_depth: Callable[[], float],
+        ranks_ready: Callable[[], float],
+        version: Callable[[], float],
+    ):
         self.registry = CollectorRegistry()
         self._children: dict[tuple[str, int | str], tuple[Any, Any]] = {}
         r = self.registry
@@ -45,6 +50,18 @@ class Metrics:
         Gauge("seqserve_ranks_ready", "rank processes up and warm", registry=r).set_function(
             ranks_ready
         )
+        Gauge("seqserve_model_version", "version of the weights served", registry=r).set_function(
+            version
+        )
+        self.updates = Counter(
+            "seqserve_weight_updates",
+            "weight updates by kind (delta, reload) and outcome (applied, rejected)",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.rows_updated = Counter(
+            "seqserve_rows_updated", "rows replaced by applied weight updates", registry=r
+        )
 
     def observe(self, route: str, status: int | str, seconds: float) -> None:
         """One answered request: counted by route template and status, and timed."""
@@ -59,6 +76,10 @@ class Metrics:
     def on_batch(self, sequences: int, ids: int) -> None:
         self.batch_size.observe(sequences)
         self.batch_ids.observe(ids)
+
+    def on_update(self, kind: str, outcome: str, rows: int) -> None:
+        self.updates.labels(kind, outcome).inc()
+        self.rows_updated.inc(rows)
 
     def answered(self, route: str) -> dict[str, int]:
         """Requests of `route` answered so far, by status."""

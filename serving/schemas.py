@@ -65,6 +65,7 @@ ERROR = {
 ERRORS = {
     400: "malformed body, wrong types, unknown feature, id out of range",
     401: "a bearer token is required (the server has --auth-token) and was missing or wrong",
+    403: "weight updates are off (the server was started without --allow-updates)",
     404: "unknown model",
     413: "body, ids or instances over the limit",
     415: "content type other than JSON or msgpack",
@@ -97,6 +98,29 @@ def predict_openapi(spec: ModelSpec) -> dict[str, Any]:
                     "application/msgpack": {},
                 },
             },
-            **error_responses(*ERRORS),
+            **error_responses(400, 401, 404, 413, 415, 503, 504),
         },
+    }
+
+
+def weights_openapi() -> dict[str, Any]:
+    """POST /models/{model}/weights: its two bodies (FastAPI sees only raw bytes)."""
+    reload = {
+        "type": "object",
+        "minProperties": 1,
+        "maxProperties": 1,
+        "properties": {"safetensors": {"type": "string"}, "dcp": {"type": "string"}},
+        "additionalProperties": False,
+    }
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/octet-stream": {
+                    "schema": {"type": "string", "format": "binary"},
+                    "example": "a safetensors file of <table>.ids (int64 [k]) and <table>.rows",
+                },
+                "application/json": {"schema": reload},
+            },
+        }
     }

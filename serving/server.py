@@ -55,7 +55,16 @@ def open_files_for(connections: int) -> None:
 
 def serve(spec: ModelSpec, settings: ServerSettings) -> int:
     weights.check(spec)  # a bad weights file fails here, in one line, before any rank starts
-    if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.auth_token:
+    exposed = settings.host not in ("127.0.0.1", "localhost", "::1")
+    if exposed and settings.allow_updates and not settings.auth_token:
+        print(
+            f"seqserve: error: --allow-updates on {settings.host} needs --auth-token: anyone "
+            "who can reach this host could replace the weights",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 2
+    if exposed and not settings.auth_token:
         print(
             f"seqserve: warning: binding {settings.host} with no --auth-token: anyone who can "
             "reach this host can query the model",

@@ -1,5 +1,5 @@
 """The protocol-neutral service every front calls: the model served, its limits, readiness,
-the version of its weights, and `predict`.
+the version of its weights, `predict`, and `change` (weight updates, CONTRACT section 5).
 
 A front (native HTTP, Open Inference Protocol REST or gRPC) only turns its protocol's request
 into sequences (feature -> int64 ids, checked against the table sizes) and the answers back
@@ -13,19 +13,45 @@ import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from serving import updates
 from serving.batching import Batcher
-from serving.engine.base import Answer, Engine
-from serving.errors import EngineUnavailable, Unauthorized, UnknownModel
+from serving.engine.base import Answer, Commit, Engine
+from serving.errors import (
+    BadUpdate,
+    EngineStartError,
+    EngineUnavailable,
+    SpecError,
+    Unauthorized,
+    UnknownModel,
+    UnsupportedMediaType,
+    UpdatesDisabled,
+)
+from serving.gate import Gate
 from serving.metrics import Metrics
 from serving.settings import ServerSettings
 
 log = logging.getLogger("seqserve")
 
 Ids = dict[str, np.ndarray]  # one sequence: feature -> int64 ids, already range-checked
+DELTA = "application/octet-stream"  # a safetensors row delta
+RELOAD = "application/json"  # {"safetensors": PATH} or {"dcp": PATH}
+
+
+@dataclass(frozen=True)
+class Predicted:
+    answers: list[Answer]  # one per sequence, in order
+    version: int  # of the weights every row of every answer came from
+
+
+@dataclass(frozen=True)
+class Changed:
+    version: int
+    rows: int  # rows replaced (a reload: every row of every table)
 
 
 class Service:
@@ -39,7 +65,10 @@ class Service:
         self.metrics = Metrics(
             queue_depth=lambda: self.batcher.queue_depth,
             ranks_ready=lambda: float(self.spec.sharding.world_size if engine.ready else 0),
+            version=lambda: float(self.version),
         )
+        self.gate = Gate()  # requests read one version; an update writes between batches
+        self._changing = asyncio.Lock()  # one update at a time, from preparing to committing
         self.batcher: Batcher[Ids, Answer] = Batcher(
             self._process, settings.batch, on_batch=self.metrics.on_batch
         )
@@ -110,10 +139,21 @@ class Service:
         sequences: list[Ids],
         gone: Awaitable[Any] | None = None,
         timeout_s: float | None = None,
+    ) -> Predicted | None:
+        """Every sequence's rows, in order, all from one version of the weights; None if `gone`
+        finished first (the client left: its sequences are dropped before compute). One
+        failing sequence cancels the others. The deadline is the server's request timeout, or
+        `timeout_s` if that is sooner."""
+        async with self.gate.reading():
+            answers = await self._predict(sequences, gone, timeout_s)
+            return None if answers is None else Predicted(answers, self.version)
+
+    async def _predict(
+        self,
+        sequences: list[Ids],
+        gone: Awaitable[Any] | None,
+        timeout_s: float | None,
     ) -> list[Answer] | None:
-        """Every sequence's rows, in order; None if `gone` finished first (the client left: its
-        sequences are dropped before compute). One failing sequence cancels the others.
-        The deadline is the server's request timeout, or `timeout_s` if that is sooner."""
         limit = self.settings.request_timeout_s
         deadline = time.monotonic() + (limit if timeout_s is None else min(limit, timeout_s))
         futures: list[asyncio.Future[Answer]] = []
@@ -144,3 +184,49 @@ class Service:
             if watch is not None:
                 watch.cancel()
         return [result] if len(futures) == 1 else list(result)
+
+    # -- weight updates -------------------------------------------------------------------
+
+    async def change(self, body: bytes, content_type: str, source: str = "http") -> Changed:
+        """Apply a row delta (safetensors) or a full reload (JSON naming a path on the server).
+
+        Everything is checked, and a reload loaded beside the served weights, while requests
+        go on; then the gate holds new requests back, lets those in flight finish, and the
+        change is committed between two batches and the version moves. A rejected update
+        (BadUpdate, 400) changes nothing."""
+        if source == "http" and not self.settings.allow_updates:
+            raise UpdatesDisabled(
+                "weight updates are off: start the server with --allow-updates to accept them"
+            )
+        media = content_type.split(";", 1)[0].strip().lower()
+        if media not in (DELTA, RELOAD):
+            raise UnsupportedMediaType(
+                f"content type '{media}': send {DELTA} (a safetensors row delta) or {RELOAD} "
+                '({"safetensors": PATH} or {"dcp": PATH})'
+            )
+        kind = "delta" if media == DELTA else "reload"
+        async with self._changing:
+            self.check_ready()
+            try:
+                rows, commit = await asyncio.to_thread(self._prepare, kind, body)
+            except BadUpdate:
+                self.metrics.on_update(kind, "rejected", 0)
+                raise
+            async with self.gate.writing():
+                await asyncio.to_thread(commit)
+                self.version += 1
+                version = self.version
+        self.metrics.on_update(kind, "applied", rows)
+        log.info("weights version %d: %s of %d rows (%s)", version, kind, rows, source)
+        return Changed(version, rows)
+
+    def _prepare(self, kind: str, body: bytes) -> tuple[int, Commit]:
+        if kind == "delta":
+            delta = updates.parse_delta(body, self.spec)
+            return updates.rows_in(delta), self.engine.prepare_update(delta)
+        new = updates.parse_reload(body)
+        try:
+            commit = self.engine.prepare_reload(new)
+        except (SpecError, EngineStartError) as e:
+            raise BadUpdate(f"reload: {e}; version {self.version} keeps serving") from None
+        return sum(t.num_embeddings for t in self.spec.tables), commit

@@ -86,7 +86,28 @@ OPTIONS = (
         "auth_token",
         str,
         "",
-        "bearer token required on predictions and metadata (none: open)",
+        "bearer token required on predictions, metadata and weight updates (none: open)",
+        shown="none",
+    ),
+    Option(
+        "allow_updates",
+        bool,
+        False,
+        "accept weight updates on POST /models/{model}/weights (beyond loopback: needs a token)",
+        shown="off",
+    ),
+    Option(
+        "max_update_bytes",
+        int,
+        2 * 1024**3,
+        "body size limit of a weight update; beyond it, 413",
+        shown="2 GiB",
+    ),
+    Option(
+        "updates_dir",
+        str,
+        "",
+        "apply the row deltas (*.safetensors) that appear in this folder, once each, in name order",
         shown="none",
     ),
 )
@@ -105,6 +126,9 @@ class ServerSettings:
     engine: str  # empty: the spec's
     dispatch: str
     auth_token: str
+    allow_updates: bool
+    max_update_bytes: int
+    updates_dir: str  # empty: none
     limits: Limits
     batch: BatchSettings
 
@@ -142,6 +166,12 @@ def limits(values: Mapping[str, Any]) -> Limits:
 def add_flags(parser: argparse.ArgumentParser) -> None:
     for o in OPTIONS:
         raw = os.environ.get(o.env)
+        if o.type is bool:  # a switch: on with the flag, or with the variable set to 1/true/yes
+            on = (raw or "").strip().lower() in ("1", "true", "yes")
+            parser.add_argument(
+                o.flag, action="store_true", default=on, help=f"{o.help} (env {o.env}=1)"
+            )
+            continue
         parser.add_argument(
             o.flag,
             type=o.type,

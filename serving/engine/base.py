@@ -7,16 +7,19 @@ tables bigger than one host.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from serving.collate import Request
-from serving.config import EngineKind, ModelSpec
+from serving.config import EngineKind, ModelSpec, WeightsSpec
+from serving.updates import Delta
 
 Answer = dict[str, np.ndarray]  # feature -> float32 [n_ids, dim]
+# A prepared change of the weights, run between two batches: quick, and all or nothing.
+Commit = Callable[[], None]
 
 
 class Engine(Protocol):
@@ -35,6 +38,17 @@ class Engine(Protocol):
 
     def describe(self) -> dict[str, Any]:
         """The engine and where each shard lives, for /models/{model}."""
+        ...
+
+    def prepare_update(self, delta: Delta) -> Commit:
+        """Ready `delta`'s rows (encoded in each table's dtype); the commit writes them into
+        every rank's shards. The caller runs the commit when no batch is in flight."""
+        ...
+
+    def prepare_reload(self, weights: WeightsSpec) -> Commit:
+        """Load `weights` beside the served ones while those keep serving (SpecError or
+        EngineStartError if they cannot be loaded; nothing changes then); the commit swaps
+        them in."""
         ...
 
     def close(self) -> None: ...

@@ -103,3 +103,13 @@ class LocalShard:
             assert rows.scale_shift is not None, "int8 shard given rows without scales"
             self.scale_shift[lo - r0 : hi - r0].copy_(rows.scale_shift[lo - at : hi - at])
         return (hi - lo) * (c1 - c0)
+
+    def write_ids(self, ids: torch.Tensor, rows: Rows) -> None:
+        """Replace rows `ids` (of the table, within this shard's rows) with whole rows in
+        stored form."""
+        (r0, _), (c0, c1) = self.rows, self.cols
+        at = (ids - r0).to(self.tensor.device)
+        self.tensor.index_copy_(0, at, rows.data[:, c0:c1].to(self.tensor.device))
+        if self.scale_shift is not None:
+            assert rows.scale_shift is not None, "int8 shard given rows without scales"
+            self.scale_shift.index_copy_(0, at, rows.scale_shift.to(self.tensor.device))

@@ -79,10 +79,12 @@ class Predictions:
             if body is None:
                 return None
             decoded = codec.decode(body, text(headers.get(b"content-type")), service.spec, limits)
-            answers = await service.predict(decoded.requests, disconnected(receive))
-            if answers is None:
+            predicted = await service.predict(decoded.requests, disconnected(receive))
+            if predicted is None:
                 return None
-            content, media = codec.encode(answers, decoded.instances, text(headers.get(b"accept")))
+            content, media = codec.encode(
+                predicted.answers, decoded.instances, text(headers.get(b"accept"))
+            )
         except SeqServeError as e:
             return seqserve_error_reply(e, service.settings.batch.retry_after_s)
         return (
@@ -90,6 +92,6 @@ class Predictions:
             content,
             [
                 (b"content-type", media.encode()),
-                (b"x-model-version", str(service.version).encode()),
+                (b"x-model-version", str(predicted.version).encode()),
             ],
         )

@@ -107,12 +107,15 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
                 [(o.name, f"outputs[{i}]") for i, o in enumerate(request.outputs)],
                 inference.features,
             )
-            answers = await service.predict(inference.sequences, timeout_s=context.time_remaining())
+            predicted = await service.predict(
+                inference.sequences, timeout_s=context.time_remaining()
+            )
+            assert predicted is not None  # None only for a client that left: not watched here
             reply = pb.ModelInferResponse(
-                model_name=service.spec.name, model_version=str(service.version), id=request.id
+                model_name=service.spec.name, model_version=str(predicted.version), id=request.id
             )
             for name in names:
-                a = v2.rows(answers or [], name)
+                a = v2.rows(predicted.answers, name)
                 reply.outputs.add(name=name, datatype="FP32", shape=a.shape)
                 reply.raw_output_contents.append(np.ascontiguousarray(a, dtype="<f4").tobytes())
             return reply

@@ -103,11 +103,12 @@ class V2Rest:
         inference = v2.inference(inputs, service.rows, limits)
         names = v2.selected([(n, w) for n, w, _ in requested], inference.features)
         binary = {n: b for n, _, b in requested if b is not None}
-        answers = await service.predict(inference.sequences, disconnected(receive))
-        if answers is None:
+        predicted = await service.predict(inference.sequences, disconnected(receive))
+        if predicted is None:
             return None
-        outputs = {n: v2.rows(answers, n) for n in names}
-        return _encode(request, service, outputs, {n: binary.get(n, binary_default) for n in names})
+        outputs = {n: v2.rows(predicted.answers, n) for n in names}
+        chosen = {n: binary.get(n, binary_default) for n in names}
+        return _encode(request, service.spec.name, predicted.version, outputs, chosen)
 
 
 def _route(parts: list[str]) -> tuple[str | None, str, str, str]:
@@ -204,7 +205,11 @@ def _decode(
 
 
 def _encode(
-    request: dict[str, Any], service: Service, outputs: dict[str, np.ndarray], binary: dict
+    request: dict[str, Any],
+    model: str,
+    version: int,
+    outputs: dict[str, np.ndarray],
+    binary: dict[str, bool],
 ) -> Reply:
     entries, blobs = [], []
     for name, a in outputs.items():
@@ -216,7 +221,7 @@ def _encode(
         else:
             entry["data"] = codec.exact_floats(a).reshape(-1)
         entries.append(entry)
-    doc: dict[str, Any] = {"model_name": service.spec.name, "model_version": str(service.version)}
+    doc: dict[str, Any] = {"model_name": model, "model_version": str(version)}
     if isinstance(request.get("id"), str):
         doc["id"] = request["id"]
     doc["outputs"] = entries

@@ -23,16 +23,17 @@ import torch.distributed as dist
 
 from serving import collate as collate_lib
 from serving.collate import Batch, Request
-from serving.config import EngineKind, ModelSpec, with_engine
+from serving.config import EngineKind, ModelSpec, WeightsSpec, with_engine
 from serving.engine import weights
-from serving.engine.base import default_device
+from serving.engine.base import Commit, default_device
 from serving.engine.distributed import rank as rank_lib
 from serving.engine.distributed.group import Backoff, GroupFailed, RankGroup, RestartAttempt
 from serving.engine.distributed.lookup import idle_batch
-from serving.engine.distributed.transport import Done, Forward, Ready
+from serving.engine.distributed.transport import Done, Forward, Ready, Update
 from serving.engine.layout import Layout
 from serving.errors import EngineStartError, EngineUnavailable
 from serving.split import split
+from serving.updates import Delta
 
 log = logging.getLogger("seqserve")
 
@@ -100,6 +101,9 @@ class DistributedEngine:
         # Stage times of the last batch (seconds): what the benchmark's profile reads.
         self.last_timings: dict[str, float] = {}
         self.rank_info: list[dict[str, object]] = []  # what each rank reported when ready
+        # Row updates since the weights were loaded, in order: a group started after a failure
+        # replays them, so it comes back at the latest version. Held in memory (their size).
+        self._history: list[Delta] = []
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -126,7 +130,7 @@ class DistributedEngine:
             if self._state != "stopped":
                 raise EngineStartError("the engine is already started")
             try:
-                group = self._launch()
+                group = self._launch(self.spec)
             except GroupFailed as e:
                 raise EngineStartError(str(e)) from None
             self._closing.clear()
@@ -170,8 +174,11 @@ class DistributedEngine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _launch(self, interrupt: int | None = None) -> RankGroup:
-        """A new generation, every rank warm; GroupFailed (and nothing left running) if not."""
+    def _launch(
+        self, spec: ModelSpec, interrupt: int | None = None, replay: bool = True
+    ) -> RankGroup:
+        """A new generation serving `spec`, every rank warm and, with `replay`, holding every
+        row update applied so far; GroupFailed (and nothing left running) if not."""
         if self._store is None:
             # The driver hosts the rendezvous store: port 0 lets the OS pick, so no race.
             self._store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
@@ -184,7 +191,7 @@ class DistributedEngine:
         def make_args(r: int) -> rank_lib.RankArgs:
             return rank_lib.RankArgs(
                 rank=r,
-                spec=self.spec,
+                spec=spec,
                 store_port=store_port,
                 # A fresh prefix per generation: keys left by a killed group are never read.
                 store_prefix=f"group{group.generation}",
@@ -196,6 +203,8 @@ class DistributedEngine:
         try:
             group.spawn(make_args, self.world)
             replies = group.collect(Ready, self.start_timeout, "start", interrupt)
+            for delta in self._history if replay else []:
+                self._send_update(group, delta)
         except BaseException:
             group.kill()
             self._forget(group)
@@ -247,6 +256,8 @@ class DistributedEngine:
         if self._closing.is_set():
             return False
         with self._lock:
+            if self._state == "serving" and self._group is not group:
+                return False  # a reload swapped groups: watch the new one
             if self._group is group and self._state == "serving":
                 if group.alive():
                     return False
@@ -263,7 +274,7 @@ class DistributedEngine:
                 return
             started = time.monotonic()
             try:
-                group = self._launch(interrupt=self._wake_r)
+                group = self._launch(self.spec, interrupt=self._wake_r)
             except Exception as e:  # GroupFailed, or the spawn itself: try again later
                 self.restart_attempts.append(
                     RestartAttempt(delay, started, time.monotonic(), str(e))
@@ -321,6 +332,56 @@ class DistributedEngine:
         self.last_timings["collate_s"] = t1 - t0
         self.last_timings["split_s"] = time.perf_counter() - t2
         return answers
+
+    # -- weight updates --------------------------------------------------------------------
+
+    def _send_update(self, group: RankGroup, delta: Delta) -> None:
+        message = Update({n: (t.ids, t.rows) for n, t in delta.items()})
+        for conn in group.conns:
+            conn.send(message)
+        group.collect(Done, self.batch_timeout, "update")
+
+    def prepare_update(self, delta: Delta) -> Commit:
+        def commit() -> None:
+            with self._lock:
+                self._check_serving()
+                group = self._group
+                assert group is not None
+                self._history.append(delta)  # from here on, a restarted group holds it too
+                try:
+                    self._send_update(group, delta)
+                    return
+                except (GroupFailed, OSError) as e:
+                    self._take_down(group, f"{e}")
+            self._await_serving(f"a rank failed during the update ({self.last_failure})")
+
+        return commit
+
+    def _await_serving(self, why: str) -> None:
+        """Wait for the supervisor to bring a group back (it replays every update)."""
+        end = time.monotonic() + self.start_timeout
+        while not self.ready:
+            if self._closing.is_set() or time.monotonic() > end:
+                raise EngineUnavailable(f"{why}; the rank group is not back yet")
+            time.sleep(0.05)
+
+    def prepare_reload(self, new: WeightsSpec) -> Commit:
+        spec = self.spec.model_copy(update={"weights": new})
+        weights.check(spec)
+        try:
+            group = self._launch(spec, replay=False)  # beside the serving group
+        except GroupFailed as e:
+            raise EngineStartError(str(e)) from None
+
+        def commit() -> None:
+            with self._lock:
+                old, self.spec, self._history = self._group, spec, []
+                self._install(group)
+            if old is not None:
+                old.stop()
+                self._forget(old)
+
+        return commit
 
     def describe(self) -> dict[str, object]:
         devices = {r: f"cuda:{r}" if self.device == "cuda" else "cpu" for r in range(self.world)}

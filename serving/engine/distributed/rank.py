@@ -25,9 +25,11 @@ from serving.engine.distributed.transport import (
     NewBuffer,
     Ready,
     Stop,
+    Update,
     receive_buffer,
 )
 from serving.engine.quiet import quiet_torch_logs
+from serving.engine.stored import Rows
 
 
 @dataclass(frozen=True)
@@ -108,6 +110,7 @@ def _start(args: RankArgs) -> tuple[torch.nn.Module, torch.device]:
 
 def _serve(spec: ModelSpec, model: torch.nn.Module, device: torch.device, conn: Connection) -> None:
     buf: mmap.mmap | None = None
+    shards = list(dmp.local_shards(spec, model))  # views of the weights the lookups read
     while True:
         msg = conn.recv()
         if isinstance(msg, Stop):
@@ -116,6 +119,17 @@ def _serve(spec: ModelSpec, model: torch.nn.Module, device: torch.device, conn: 
             if buf is not None:
                 buf.close()
             buf = receive_buffer(conn, msg)
+            continue
+        if isinstance(msg, Update):
+            try:
+                with torch.no_grad():
+                    for s in shards:
+                        if s.table in msg.tables:
+                            ids, new = msg.tables[s.table]
+                            s.write_ids(torch.from_numpy(ids), Rows(torch.from_numpy(new)))
+                conn.send(Done(()))
+            except Exception:
+                conn.send(Failed(traceback.format_exc()))
             continue
         try:
             t0 = time.perf_counter()

@@ -24,6 +24,11 @@ class Forward:
 
 
 @dataclass(frozen=True)
+class Update:
+    tables: dict[str, tuple[np.ndarray, np.ndarray]]  # table -> ids int64 [k], rows f32 [k, dim]
+
+
+@dataclass(frozen=True)
 class NewBuffer:
     size: int  # bytes; the fd follows on the connection
 

@@ -24,15 +24,16 @@ import numpy as np
 import torch
 
 from serving import collate as collate_lib
-from serving.config import EngineKind, ModelSpec
-from serving.engine import weights
-from serving.engine.base import Answer, Request, default_device, gpu_count
+from serving.config import EngineKind, ModelSpec, WeightsSpec
+from serving.engine import stored, weights
+from serving.engine.base import Answer, Commit, Request, default_device, gpu_count
 from serving.engine.layout import Layout
 from serving.engine.local.answers import AnswerBuffers
 from serving.engine.local.kernel import Kernel
 from serving.engine.local.placement import kernel_plans
 from serving.errors import EngineStartError, EngineUnavailable
 from serving.split import split
+from serving.updates import Delta
 
 # From this many looked-up rows per batch, the kernels run on the thread pool (measured with
 # benchmarks/engine_bench.py: at 256 requests, ~31k rows, in turn was faster; at 4096,
@@ -87,16 +88,8 @@ class LocalEngine:
             self._buffers = AnswerBuffers(allocate=pinned)
         else:
             self._rank_device = {r: torch.device("cpu") for r in range(world)}
-        try:
-            with torch.no_grad():
-                plans = kernel_plans(self.spec)
-                self.kernels = [Kernel(p, self._rank_device[p.rank]) for p in plans]
-                self._devices = {k.device for k in self.kernels}
-                shards = [s for k in self.kernels for s in k.shards()]
-                weights.fill(self.spec, shards, f"{self.spec.name} weights")
-        except Exception as e:
-            self.kernels = []
-            raise EngineStartError(f"loading '{self.spec.name}' failed: {e}") from e
+        self.kernels = self._load(self.spec)
+        self._devices = {k.device for k in self.kernels}
         if self.device == "cpu" and self.threads > 1:
             # One torch thread per worker (the setting is per thread): the workers already
             # use every core, and nested parallel copies only contend (measured at 4096
@@ -109,6 +102,17 @@ class LocalEngine:
             )
         self._serving = True
         self._warm_up()
+
+    def _load(self, spec: ModelSpec) -> list[Kernel]:
+        """Every rank's kernels, filled with `spec`'s weights."""
+        try:
+            with torch.no_grad():
+                kernels = [Kernel(p, self._rank_device[p.rank]) for p in kernel_plans(spec)]
+                shards = [s for k in kernels for s in k.shards()]
+                weights.fill(spec, shards, f"{spec.name} weights")
+        except Exception as e:
+            raise EngineStartError(f"loading '{spec.name}' failed: {e}") from e
+        return kernels
 
     def close(self) -> None:
         with self._lock:
@@ -223,6 +227,43 @@ class LocalEngine:
         host = self._buffers.take(total)
         torch.from_numpy(host).copy_(flat)  # one copy to the host, into page-locked memory
         return self.layout.views(host, per_key)
+
+    # -- weight updates --------------------------------------------------------------------
+
+    def prepare_update(self, delta: Delta) -> Commit:
+        dtypes = {t.name: t.dtype for t in self.spec.tables}
+        with torch.no_grad():  # quantize here, outside the commit
+            ready = {
+                name: (
+                    torch.from_numpy(t.ids),
+                    stored.encode(torch.from_numpy(t.rows), dtypes[name]),
+                )
+                for name, t in delta.items()
+            }
+
+        def commit() -> None:
+            with self._lock, torch.no_grad():
+                for kernel in self.kernels:
+                    for shard in kernel.shards():
+                        if shard.table in ready:
+                            shard.write_ids(*ready[shard.table])
+
+        return commit
+
+    def prepare_reload(self, new: WeightsSpec) -> Commit:
+        spec = self.spec.model_copy(update={"weights": new})
+        weights.check(spec)
+        kernels = self._load(spec)  # beside the served ones: twice the weights' memory, a while
+        for k in kernels:  # the first call of a kernel allocates: not in a request
+            slots = len(k.plan.slots)
+            k.lookup(torch.zeros(slots, dtype=torch.int64), torch.arange(slots + 1))
+
+        def commit() -> None:
+            with self._lock:
+                self.spec, self.kernels = spec, kernels
+            weights.release_free_memory()
+
+        return commit
 
     # -- description -----------------------------------------------------------------------
 

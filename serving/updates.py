@@ -1,0 +1,97 @@
+"""Weight updates (CONTRACT section 5): a row delta or a full reload, read and checked before
+anything changes. Pure numpy: the engines apply what this module accepts.
+
+A delta is a safetensors file holding, per table to change, `<table>.ids` (int64 [k], unique,
+in range) and `<table>.rows` (float32 [k, dim]). A reload names new weights on the server:
+`{"safetensors": PATH}` or `{"dcp": PATH}`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from safetensors import SafetensorError
+from safetensors.numpy import load as load_safetensors
+
+from serving.config import ModelSpec, WeightsSpec
+from serving.errors import BadUpdate
+
+
+@dataclass(frozen=True)
+class TableRows:
+    ids: np.ndarray  # int64 [k], unique, in [0, num_embeddings)
+    rows: np.ndarray  # float32 [k, embedding_dim]
+
+
+Delta = dict[str, TableRows]  # table name -> its new rows
+
+
+def rows_in(delta: Delta) -> int:
+    return sum(len(t.ids) for t in delta.values())
+
+
+def parse_delta(body: bytes, spec: ModelSpec) -> Delta:
+    """A safetensors delta, every rule checked; BadUpdate names the tensor and the rule."""
+    try:
+        tensors = load_safetensors(body)
+    except (SafetensorError, ValueError, OSError) as e:
+        raise BadUpdate(f"delta: not a readable safetensors file ({e})") from None
+    if not tensors:
+        raise BadUpdate("delta: the file holds no tensors; give <table>.ids and <table>.rows")
+    tables = {t.name: t for t in spec.tables}
+    named: dict[str, dict[str, np.ndarray]] = {}
+    for key, value in tensors.items():
+        table, _, part = key.rpartition(".")
+        if part not in ("ids", "rows") or not table:
+            raise BadUpdate(f"delta: tensor '{key}' is not named '<table>.ids' or '<table>.rows'")
+        if table not in tables:
+            known = ", ".join(sorted(tables))
+            raise BadUpdate(f"delta: table '{table}' is not in model '{spec.name}' ({known})")
+        named.setdefault(table, {})[part] = value
+    delta: Delta = {}
+    for name in sorted(named, key=list(tables).index):
+        parts, table = named[name], tables[name]
+        for part in ("ids", "rows"):
+            if part not in parts:
+                raise BadUpdate(f"delta: table '{name}' has no '{name}.{part}'")
+        ids, rows = parts["ids"], parts["rows"]
+        if ids.dtype != np.int64 or ids.ndim != 1:
+            raise BadUpdate(
+                f"delta: '{name}.ids' must be int64 of shape [k], not {ids.dtype} {list(ids.shape)}"
+            )
+        want = [len(ids), table.embedding_dim]
+        if rows.dtype != np.float32 or list(rows.shape) != want:
+            raise BadUpdate(
+                f"delta: '{name}.rows' must be float32 {want} (a row of embedding_dim "
+                f"{table.embedding_dim} per id), not {rows.dtype} {list(rows.shape)}"
+            )
+        bad = np.flatnonzero((ids < 0) | (ids >= table.num_embeddings))
+        if len(bad):
+            raise BadUpdate(
+                f"delta: '{name}.ids' position {bad[0]}: id {ids[bad[0]]} is outside "
+                f"[0, {table.num_embeddings})"
+            )
+        unique, counts = np.unique(ids, return_counts=True)
+        if len(unique) != len(ids):
+            repeated = unique[counts > 1][0]
+            raise BadUpdate(f"delta: '{name}.ids' repeats id {repeated}; ids must be unique")
+        delta[name] = TableRows(ids, rows)
+    return delta
+
+
+def parse_reload(body: bytes) -> WeightsSpec:
+    """`{"safetensors": PATH}` or `{"dcp": PATH}`: a path on the server."""
+    try:
+        doc: Any = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise BadUpdate(f"reload: the body is not valid JSON ({e})") from None
+    if not isinstance(doc, dict) or len(doc) != 1 or next(iter(doc)) not in ("safetensors", "dcp"):
+        raise BadUpdate('reload: give exactly one of {"safetensors": PATH} or {"dcp": PATH}')
+    kind, path = next(iter(doc.items()))
+    if not isinstance(path, str) or not path:
+        raise BadUpdate(f"reload: '{kind}' must be a path on the server, a non-empty string")
+    return WeightsSpec(**{kind: Path(path).resolve()})
