@@ -34,6 +34,17 @@ def test_environment_then_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.batch.max_gap_ms == 3
 
 
+def test_a_switch_is_off_unless_its_flag_or_variable_turns_it_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert from_args(parse()).allow_updates is False
+    assert from_args(parse("--allow-updates")).allow_updates is True
+    monkeypatch.setenv("SEQSERVE_ALLOW_UPDATES", "1")
+    assert from_args(parse()).allow_updates is True
+    monkeypatch.setenv("SEQSERVE_ALLOW_UPDATES", "0")
+    assert from_args(parse()).allow_updates is False
+
+
 def test_a_bad_dispatch_is_refused() -> None:
     with pytest.raises(ValueError, match="--dispatch must be split or one"):
         from_args(parse("--dispatch", "all"))

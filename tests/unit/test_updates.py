@@ -1,0 +1,137 @@
+"""Weight updates read and checked before anything changes, and the gate that keeps every
+answer on one version."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import pytest
+from safetensors.numpy import save
+
+from serving.errors import BadUpdate
+from serving.gate import Gate
+from serving.updates import parse_delta, parse_reload, rows_in
+from tests.distributed.plans import spec
+
+SPEC = spec(2, 0, [("items", 100, ["a"], [0, 1], 8), ("cats", 10, ["c"], 1, 4, "int8")])
+
+
+def delta(**tensors: Any) -> bytes:
+    return save(tensors)
+
+
+def ids(*v: int) -> np.ndarray:
+    return np.array(v, dtype=np.int64)
+
+
+def rows(k: int, dim: int) -> np.ndarray:
+    return np.arange(k * dim, dtype=np.float32).reshape(k, dim)
+
+
+def test_a_delta_of_two_tables_is_read_in_spec_order() -> None:
+    d = parse_delta(
+        delta(
+            **{"cats.ids": ids(9), "cats.rows": rows(1, 4)},
+            **{"items.rows": rows(3, 8), "items.ids": ids(0, 99, 5)},
+        ),
+        SPEC,
+    )
+    assert list(d) == ["items", "cats"] and rows_in(d) == 4
+    assert d["items"].ids.tolist() == [0, 99, 5] and d["items"].rows.shape == (3, 8)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"not safetensors", "delta: not a readable safetensors file"),
+        (delta(**{"items.ids": ids(1), "items.rows": rows(1, 8)})[:-7], "not a readable"),
+        (delta(), "delta: the file holds no tensors"),
+        (
+            delta(**{"ghost.ids": ids(1), "ghost.rows": rows(1, 8)}),
+            "delta: table 'ghost' is not in model 't' (cats, items)",
+        ),
+        (delta(items=rows(1, 8)), "tensor 'items' is not named '<table>.ids' or '<table>.rows'"),
+        (delta(**{"items.ids": ids(1)}), "delta: table 'items' has no 'items.rows'"),
+        (
+            delta(**{"items.ids": ids(1).astype(np.int32), "items.rows": rows(1, 8)}),
+            "delta: 'items.ids' must be int64 of shape [k], not int32 [1]",
+        ),
+        (
+            delta(**{"items.ids": ids(1, 2), "items.rows": rows(2, 4)}),
+            "delta: 'items.rows' must be float32 [2, 8] (a row of embedding_dim 8 per id), "
+            "not float32 [2, 4]",
+        ),
+        (
+            delta(**{"items.ids": ids(1), "items.rows": rows(1, 8).astype(np.float64)}),
+            "must be float32 [1, 8]",
+        ),
+        (
+            delta(**{"items.ids": ids(4, 100), "items.rows": rows(2, 8)}),
+            "delta: 'items.ids' position 1: id 100 is outside [0, 100)",
+        ),
+        (
+            delta(**{"cats.ids": ids(-1), "cats.rows": rows(1, 4)}),
+            "delta: 'cats.ids' position 0: id -1 is outside [0, 10)",
+        ),
+        (
+            delta(**{"items.ids": ids(3, 4, 3), "items.rows": rows(3, 8)}),
+            "delta: 'items.ids' repeats id 3; ids must be unique",
+        ),
+    ],
+)
+def test_every_bad_delta_is_refused_naming_the_problem(body: bytes, message: str) -> None:
+    with pytest.raises(BadUpdate) as e:
+        parse_delta(body, SPEC)
+    assert message in str(e.value)
+
+
+def test_a_reload_names_one_path() -> None:
+    w = parse_reload(b'{"safetensors": "/srv/w.safetensors"}')
+    assert str(w.safetensors) == "/srv/w.safetensors" and w.dcp is None
+    assert parse_reload(b'{"dcp": "ckpt"}').dcp is not None
+    for body, message in [
+        (b"{", "reload: the body is not valid JSON"),
+        (b'{"safetensors": "a", "dcp": "b"}', 'give exactly one of {"safetensors": PATH}'),
+        (b'{"pickle": "a"}', "give exactly one of"),
+        (b'{"dcp": 3}', "reload: 'dcp' must be a path on the server"),
+    ]:
+        with pytest.raises(BadUpdate, match=message.replace("{", r"\{")):
+            parse_reload(body)
+
+
+def test_the_gate_lets_an_update_in_only_between_requests_and_holds_new_ones() -> None:
+    async def scenario() -> list[str]:
+        gate, log = Gate(), []
+        first_in = asyncio.Event()
+
+        async def request(name: str, hold: float) -> None:
+            async with gate.reading():
+                log.append(f"{name} in")
+                first_in.set()
+                await asyncio.sleep(hold)
+                log.append(f"{name} out")
+
+        async def update() -> None:
+            await first_in.wait()
+            async with gate.writing():
+                log.append("update")
+                await asyncio.sleep(0.02)
+                log.append("update done")
+
+        early = asyncio.create_task(request("early", 0.05))
+        writer = asyncio.create_task(update())
+        await asyncio.sleep(0.01)  # the writer now waits for `early`
+        late = asyncio.create_task(request("late", 0))
+        await asyncio.gather(early, writer, late)
+        return log
+
+    assert asyncio.run(scenario()) == [
+        "early in",
+        "early out",
+        "update",
+        "update done",
+        "late in",
+        "late out",
+    ]
