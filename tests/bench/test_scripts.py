@@ -1,4 +1,4 @@
-"""benchmarks/engine_bench.py runs both of its modes and writes what the README quotes."""
+"""The benchmark scripts run from a clean checkout and write what the README quotes."""
 
 from __future__ import annotations
 
@@ -42,3 +42,21 @@ def test_stored_dtypes_side_by_side_with_bytes_per_rank(tmp_path: Path) -> None:
     assert isinstance(memory, dict)
     # int8: a byte a column plus 4 per row, against fp32's 4 bytes a column.
     assert memory["int8"]["0"] < 0.3 * memory["fp32"]["0"]
+
+
+def test_update_bench_measures_deltas_readers_and_a_reload(tmp_path: Path) -> None:
+    out = tmp_path / "updates.json"
+    subprocess.run(
+        [sys.executable, "benchmarks/update_bench.py", "--rows", "3000", "--seconds", "1"]
+        + ["--clients", "4", "--out", str(out)],
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    result = json.loads(out.read_text())
+    assert set(result["deltas"]) == {"1000", "3000"}  # 100k and 1M capped at the table's rows
+    assert all(r["requests"] > 0 for r in result["readers"].values())
+    assert result["readers"]["1k/0.1s"]["deltas_applied"] > 0
+    assert result["reload"]["peak_mb"] >= result["reload"]["rss_after_mb"]
