@@ -27,7 +27,14 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy serving handler
 
-test: lint
+# tests/docker/test_scale.py runs the compose scale profile's load balancer, Debian's HAProxy,
+# outside Docker: installed here when missing (as root, from the Debian archive).
+HAPROXY := /usr/sbin/haproxy
+$(HAPROXY):
+	apt-get install -y -qq haproxy >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq haproxy >/dev/null)
+
+test: lint $(HAPROXY)
 	$(BIN)/pytest -q
 
 # The Open Inference Protocol's gRPC stubs, checked in beside serving/fronts/proto/*.proto.

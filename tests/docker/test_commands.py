@@ -50,14 +50,16 @@ def health_check(svc: dict, env: dict[str, str]) -> int:
 class Api:
     """The `api` service: `seqserve serve --host 0.0.0.0` with the compose environment."""
 
-    def __init__(self, model_dir: Path, workdir: Path):
+    def __init__(
+        self, model_dir: Path, workdir: Path, host: str = "127.0.0.1", port: int | None = None
+    ):
         self.svc = service("api")  # no variables set: compose's defaults
-        self.port = free_port()
-        command = [("127.0.0.1" if w == "0.0.0.0" else w) for w in self.svc["command"]]
+        self.port = port or free_port()
+        command = [(host if w == "0.0.0.0" else w) for w in self.svc["command"]]
         assert command != self.svc["command"], "the command binds 0.0.0.0 in the container"
         self.env = {**base_env(model_dir), **environment(self.svc), "SEQSERVE_PORT": str(self.port)}
         self.env["SEQSERVE_GRPC_PORT"] = str(free_port())
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host}:{self.port}"
         assert shutil.which(command[0], path=self.env["PATH"]) == str(BIN / "seqserve")
         self.proc = subprocess.Popen(
             container_argv(command),
