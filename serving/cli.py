@@ -11,6 +11,7 @@ from serving.config import ModelSpec
 from serving.errors import SeqServeError
 from serving.settings import add_flags
 from serving.update_cli import add_flags as update_flags
+from serving.worker import add_flags as worker_flags
 
 
 def _demo_model(args: argparse.Namespace) -> None:
@@ -80,6 +81,12 @@ def _update(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _worker(args: argparse.Namespace) -> int:
+    from serving.worker import run
+
+    return run(args)
+
+
 def _batching_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, help="model.yaml (default: the built-in demo)")
     p.add_argument("--batch-size", type=int, default=32, help="TorchServe batchSize (default 32)")
@@ -140,6 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     update_flags(update)
     update.set_defaults(run=_update)
+    worker = sub.add_parser(
+        "worker", help="run this host's ranks of a distributed engine whose front is elsewhere"
+    )
+    worker_flags(worker)
+    worker.set_defaults(run=_worker)
     return parser
 
 

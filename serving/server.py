@@ -77,6 +77,9 @@ def serve(spec: ModelSpec, settings: ServerSettings) -> int:
         settings.engine,
         dispatch=settings.dispatch,
         batch_timeout=min(settings.rank_timeout_s, settings.request_timeout_s),
+        nnodes=settings.nnodes,
+        master=(settings.host, settings.master_port),
+        cluster_key=settings.cluster_key,
     )
     exit_code = 0
 

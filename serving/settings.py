@@ -83,6 +83,25 @@ OPTIONS = (
         choices=("split", "one"),
     ),
     Option(
+        "nnodes",
+        int,
+        1,
+        "hosts the distributed engine's ranks span; the others run `seqserve worker`",
+    ),
+    Option(
+        "master_port",
+        int,
+        8083,
+        "port, on --host, where the other hosts' workers and ranks join (--nnodes > 1)",
+    ),
+    Option(
+        "cluster_key",
+        str,
+        "",
+        "shared secret of the front and its workers (--nnodes > 1); keep it like a password",
+        shown="none",
+    ),
+    Option(
         "auth_token",
         str,
         "",
@@ -125,6 +144,9 @@ class ServerSettings:
     rank_timeout_s: float
     engine: str  # empty: the spec's
     dispatch: str
+    nnodes: int
+    master_port: int
+    cluster_key: str
     auth_token: str
     allow_updates: bool
     max_update_bytes: int

@@ -15,6 +15,7 @@ import torch
 
 from serving.collate import Request
 from serving.config import EngineKind, ModelSpec, WeightsSpec
+from serving.errors import SpecError
 from serving.updates import Delta
 
 Answer = dict[str, np.ndarray]  # feature -> float32 [n_ids, dim]
@@ -69,9 +70,13 @@ def create(
     device: str | None = None,
     dispatch: str = "split",
     batch_timeout: float = 60.0,
+    nnodes: int = 1,
+    master: tuple[str, int] = ("127.0.0.1", 0),
+    cluster_key: str = "",
 ) -> Engine:
-    """The engine the spec asks for (`sharding.engine`), unless `kind` overrides it.
-    `dispatch` and `batch_timeout` concern the distributed engine's rank processes."""
+    """The engine the spec asks for (`sharding.engine`), unless `kind` overrides it. The
+    other settings concern the distributed engine's rank processes, `nnodes` > 1 spreading
+    them over hosts whose workers join at `master`."""
     kind = kind or spec.sharding.engine
     if kind == "distributed":
         from serving.engine.distributed.driver import DistributedEngine
@@ -81,7 +86,12 @@ def create(
             device=device,
             dispatch=dispatch,  # type: ignore[arg-type]
             batch_timeout=batch_timeout,
+            nnodes=nnodes,
+            master=master,
+            cluster_key=cluster_key.encode(),
         )
+    if nnodes > 1:
+        raise SpecError(f"--nnodes {nnodes} needs the distributed engine (--engine distributed)")
     from serving.engine.local.engine import LocalEngine
 
     return LocalEngine(spec, device=device)

@@ -29,6 +29,7 @@ from serving.engine.base import Commit, default_device
 from serving.engine.distributed import rank as rank_lib
 from serving.engine.distributed.group import Backoff, GroupFailed, RankGroup, RestartAttempt
 from serving.engine.distributed.lookup import idle_batch
+from serving.engine.distributed.nodes import Nodes
 from serving.engine.distributed.transport import Done, Forward, Ready, Update
 from serving.engine.layout import Layout
 from serving.errors import EngineStartError, EngineUnavailable
@@ -66,10 +67,19 @@ class DistributedEngine:
         batch_timeout: float = 60.0,
         restart_backoff: float = 0.5,
         restart_backoff_max: float = 30.0,
+        nnodes: int = 1,
+        master: tuple[str, int] = ("127.0.0.1", 0),
+        cluster_key: bytes = b"",
     ):
         self.kind: EngineKind = "distributed"
         self.spec = with_engine(spec, "distributed")
-        self.dispatch = dispatch
+        # Across hosts (nnodes > 1) rank 0, here, takes the whole batch: the other hosts'
+        # ranks have no shared memory with the driver to return rows through.
+        self.dispatch: Dispatch = "one" if nnodes > 1 else dispatch
+        self.nnodes = nnodes
+        self.master = master  # where workers and their ranks reach the front (nnodes > 1)
+        self.cluster_key = cluster_key
+        self.nodes: Nodes | None = None
         self.device = device or default_device()
         self.world = spec.sharding.world_size
         cpus = os.cpu_count() or 1
@@ -90,6 +100,7 @@ class DistributedEngine:
         self._backoff = Backoff(restart_backoff, restart_backoff_max)
         self._supervisor: threading.Thread | None = None
         self._closing = threading.Event()
+        self._retry = threading.Event()  # set by close() and by a worker joining
         # Written once by close(): wakes the supervisor out of any wait on processes or pipes.
         self._wake_r, self._wake_w = -1, -1
         # Every group that may still have processes, so close() leaves none behind.
@@ -126,6 +137,8 @@ class DistributedEngine:
                 f"world_size {self.world} needs {self.world} GPUs; "
                 f"{torch.cuda.device_count()} found"
             )
+        if self.nnodes > 1:
+            self._await_nodes()
         with self._lock:
             if self._state != "stopped":
                 raise EngineStartError("the engine is already started")
@@ -142,9 +155,24 @@ class DistributedEngine:
         )
         self._supervisor.start()
 
+    def _await_nodes(self) -> None:
+        """Listen for the other hosts' workers and wait until every one has joined."""
+        if not self.cluster_key:
+            raise EngineStartError("ranks on other hosts need a cluster key (--cluster-key)")
+        if self.world % self.nnodes:
+            raise EngineStartError(
+                f"world_size {self.world} does not split into {self.nnodes} nodes evenly"
+            )
+        self.nodes = Nodes(*self.master, self.cluster_key, on_join=self._retry.set)
+        log.warning("waiting for %d worker(s) on %s:%d", self.nnodes - 1, *self.nodes.address)
+        if not self.nodes.wait_for(range(1, self.nnodes), self.start_timeout):
+            self.nodes.close()
+            raise EngineStartError(f"workers did not join within {self.start_timeout:g}s")
+
     def close(self) -> None:
         """Stop the supervisor and every rank, also in the middle of a restart."""
         self._closing.set()
+        self._retry.set()
         if self._wake_w >= 0:
             with contextlib.suppress(OSError):
                 os.write(self._wake_w, b"x")
@@ -161,6 +189,8 @@ class DistributedEngine:
             leftovers, self._groups = list(self._groups), set()
         for g in leftovers:
             g.kill()
+        if self.nodes is not None:
+            self.nodes.close()
         if supervisor is None or not supervisor.is_alive():
             for fd in (self._wake_r, self._wake_w):
                 if fd >= 0:
@@ -201,7 +231,7 @@ class DistributedEngine:
             )
 
         try:
-            group.spawn(make_args, self.world)
+            group.spawn(make_args, self.world, self.nodes, self.nnodes, self.start_timeout)
             replies = group.collect(Ready, self.start_timeout, "start", interrupt)
             for delta in self._history if replay else []:
                 self._send_update(group, delta)
@@ -270,7 +300,9 @@ class DistributedEngine:
     def _restart(self) -> None:
         while not self._closing.is_set():
             delay = self._backoff.next()
-            if delay and self._closing.wait(delay):
+            self._retry.clear()
+            # A worker joining ends the wait: its node is likely what the last attempt lacked.
+            if delay and self._retry.wait(delay) and self._closing.is_set():
                 return
             started = time.monotonic()
             try:

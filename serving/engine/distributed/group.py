@@ -16,6 +16,7 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from serving.engine.distributed import rank as rank_lib
+from serving.engine.distributed.nodes import Nodes
 from serving.engine.distributed.transport import Failed, OutputBuffer, Stop
 from serving.errors import EngineUnavailable
 
@@ -61,9 +62,19 @@ class RankGroup:
         self.up_since = 0.0  # time.monotonic() when every rank reported ready
         self._killed = False
 
-    def spawn(self, make_args: Callable[[int], rank_lib.RankArgs], world: int) -> None:
+    def spawn(
+        self,
+        make_args: Callable[[int], rank_lib.RankArgs],
+        world: int,
+        nodes: Nodes | None = None,
+        nnodes: int = 1,
+        timeout: float = 60.0,
+    ) -> None:
+        """Ranks [0, world / nnodes) here; with `nodes`, every other node's ranks through its
+        worker (GroupFailed if one is missing or its ranks do not connect back)."""
         ctx = mp.get_context("spawn")
-        for r in range(world):
+        here = world // nnodes
+        for r in range(here):
             parent, child = ctx.Pipe(duplex=True)
             proc = ctx.Process(
                 target=rank_lib.main,
@@ -77,6 +88,20 @@ class RankGroup:
             self.buffers.append(OutputBuffer(r))
             proc.start()
             child.close()
+        if nodes is None or here == world:
+            return
+        remote = {
+            n: [make_args(r) for r in range(n * here, (n + 1) * here)] for n in range(1, nnodes)
+        }
+        try:
+            joined = nodes.launch(make_args(0).store_prefix, remote, timeout)
+        except RuntimeError as e:
+            raise GroupFailed(str(e)) from None
+        for r in range(here, world):
+            conn, handle = joined[r]
+            self.procs.append(handle)  # type: ignore[arg-type]
+            self.conns.append(conn)
+            self.buffers.append(OutputBuffer(r))  # never grown: remote ranks send no rows
 
     @property
     def world(self) -> int:
@@ -88,7 +113,8 @@ class RankGroup:
 
     @property
     def sentinels(self) -> list[int]:
-        return [p.sentinel for p in self.procs if p.pid is not None]
+        # Ranks on one other host share their worker's connection as a sentinel: once each.
+        return list(dict.fromkeys(p.sentinel for p in self.procs if p.pid is not None))
 
     def alive(self) -> bool:
         return not self._killed and all(p.is_alive() for p in self.procs)
@@ -108,7 +134,7 @@ class RankGroup:
         while len(replies) < self.world:
             waiting = [r for r in range(self.world) if r not in replies]
             handles: list[Any] = [self.conns[r] for r in waiting]
-            handles += [self.procs[r].sentinel for r in waiting]
+            handles += dict.fromkeys(self.procs[r].sentinel for r in waiting)
             if interrupt is not None:
                 handles.append(interrupt)
             ready = wait(handles, timeout=max(0.0, end - time.monotonic()))

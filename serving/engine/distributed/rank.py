@@ -9,7 +9,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Client, Connection
 from pathlib import Path
 
 import torch
@@ -22,6 +22,7 @@ from serving.engine.distributed.lookup import lookup, warm_up
 from serving.engine.distributed.transport import (
     Done,
     Failed,
+    Hello,
     NewBuffer,
     Ready,
     Stop,
@@ -41,13 +42,21 @@ class RankArgs:
     device: str  # "cpu" or "cuda"
     threads: int
     parent_pid: int
+    store_host: str = "127.0.0.1"  # where the driver's TCPStore is, as this rank's host sees it
+    # A rank on another host connects to the front's node listener itself, with the key.
+    connect: tuple[str, int] | None = None
+    key: bytes = b""
 
 
-def main(args: RankArgs, conn: Connection) -> None:
+def main(args: RankArgs, conn: Connection | None) -> None:
     # Ctrl-C reaches the whole process group; the driver decides when ranks stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     quiet_torch_logs()
     _watch_parent(args.parent_pid)
+    if conn is None:  # on another host: open our own connection to the front
+        assert args.connect is not None
+        conn = Client(args.connect, authkey=args.key)
+        conn.send(Hello(args.store_prefix, args.rank, os.getpid()))
     try:
         model, device = _start(args)
         warm_up(args.spec, model, device)
@@ -99,7 +108,7 @@ def _start(args: RankArgs) -> tuple[torch.nn.Module, torch.device]:
         backend = "nccl"
     else:
         device, backend = torch.device("cpu"), "gloo"
-    store = dist.TCPStore("127.0.0.1", args.store_port, is_master=False)
+    store = dist.TCPStore(args.store_host, args.store_port, is_master=False)
     dist.init_process_group(
         backend, store=dist.PrefixStore(args.store_prefix, store), rank=args.rank, world_size=world
     )

@@ -39,6 +39,13 @@ class Stop:
 
 
 @dataclass(frozen=True)
+class Hello:  # a rank on another host, first message on the connection it opens to the front
+    generation: str
+    rank: int
+    pid: int
+
+
+@dataclass(frozen=True)
 class Ready:
     info: dict[str, object]
 
