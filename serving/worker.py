@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client, Connection, wait
 from multiprocessing.process import BaseProcess
 
@@ -59,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
         except OSError:
             time.sleep(RETRY_S)  # the front is not up (yet): keep trying
             continue
+        except AuthenticationError:
+            raise SeqServeError(
+                f"{address[0]}:{address[1]} refused this worker: the cluster keys differ"
+            ) from None
         conn.send(Join(args.node_rank, os.getpid()))
         print(
             f"seqserve worker: node {args.node_rank} joined {address[0]}:{address[1]}", flush=True

@@ -60,3 +60,19 @@ def test_update_bench_measures_deltas_readers_and_a_reload(tmp_path: Path) -> No
     assert all(r["requests"] > 0 for r in result["readers"].values())
     assert result["readers"]["1k/0.1s"]["deltas_applied"] > 0
     assert result["reload"]["peak_mb"] >= result["reload"]["rss_after_mb"]
+
+
+def test_nodes_bench_times_one_host_against_two(tmp_path: Path) -> None:
+    out = tmp_path / "nodes.json"
+    subprocess.run(
+        [sys.executable, "benchmarks/nodes_bench.py", "--sizes", "1,8", "--reps", "2"]
+        + ["--out", str(out)],
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    rows = json.loads(out.read_text())["results"]
+    assert [r["requests"] for r in rows] == [1, 8]
+    assert all(r["one_host_ms"] > 0 and r["two_hosts_ms"] > 0 for r in rows)

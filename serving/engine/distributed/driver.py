@@ -421,6 +421,7 @@ class DistributedEngine:
             "engine": self.kind,
             "device": self.device,
             "dispatch": self.dispatch,
+            "nnodes": self.nnodes,
             "rank_devices": devices,
             "ranks": [
                 {"rank": r, "device": devices[r], "pid": pid} for r, pid in enumerate(self.pids)
