@@ -14,6 +14,7 @@ import yaml
 from serving.cli import build_parser
 from serving.config import parse_spec
 from serving.settings import OPTIONS
+from tests.deploy import kserve_sdk
 from tests.docker.files import DOCKER, service, stages
 from tests.http.server import Server
 
@@ -134,22 +135,70 @@ def test_the_probe_paths_answer_on_a_real_server(server: Server) -> None:
         assert server.client.get(path).status_code == 200, path
 
 
-def test_the_kserve_runtime_serves_v2_with_our_image_and_the_service_uses_it() -> None:
-    runtime, isvc = load(KSERVE / "servingruntime.yaml"), load(KSERVE / "inferenceservice.yaml")
-    assert (runtime["apiVersion"], runtime["kind"]) == (
-        "serving.kserve.io/v1alpha1",
-        "ServingRuntime",
-    )
-    assert (isvc["apiVersion"], isvc["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
-    (c,) = runtime["spec"]["containers"]
-    # Its containers are Kubernetes containers: check them as a Pod's, strictly.
-    pod = {
+# Kubernetes types inside KServe's resources, checked where Kubernetes would hold them.
+WRAP = {
+    "V1Container": lambda d: {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": "x"},
-        "spec": {"containers": [c]},
-    }
-    kubernetes_validate.validate(pod, KUBERNETES[-1], strict=True)
+        "spec": {"containers": [d]},
+    },
+    "V1ObjectMeta": lambda d: {"apiVersion": "v1", "kind": "ConfigMap", "metadata": d},
+}
+
+
+def kubernetes_part(kind: str, doc: Any) -> list[str]:
+    if kind not in WRAP:
+        return [f"no check here for the Kubernetes type {kind}: add one to WRAP"]
+    try:
+        kubernetes_validate.validate(WRAP[kind](doc), KUBERNETES[-1], strict=True)
+    except kubernetes_validate.ValidationError as e:
+        return [f"{kind}: {e.message}"]
+    return []
+
+
+KSERVE_KINDS = {
+    "servingruntime.yaml": (
+        "serving.kserve.io/v1alpha1",
+        "ServingRuntime",
+        "V1alpha1ServingRuntime",
+    ),
+    "inferenceservice.yaml": (
+        "serving.kserve.io/v1beta1",
+        "InferenceService",
+        "V1beta1InferenceService",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(KSERVE_KINDS))
+def test_the_kserve_resources_validate_against_kserves_sdk_models(name: str) -> None:
+    doc = load(KSERVE / name)
+    api_version, kind, model = KSERVE_KINDS[name]
+    assert (doc["apiVersion"], doc["kind"]) == (api_version, kind)
+    assert kserve_sdk.check(doc, model, kubernetes_part) == []
+
+
+def test_the_kserve_check_catches_misspelt_missing_and_mistyped_fields() -> None:
+    isvc = load(KSERVE / "inferenceservice.yaml")
+    isvc["spec"]["predictor"]["model"]["protocolVerison"] = "v2"
+    del isvc["spec"]["predictor"]["model"]["modelFormat"]
+    isvc["spec"]["predictor"]["minReplicas"] = "one"
+    problems = kserve_sdk.check(isvc, "V1beta1InferenceService", kubernetes_part)
+    assert sorted(problems) == [
+        ".spec.predictor.minReplicas: a int, not 'one'",
+        ".spec.predictor.model.protocolVerison: not a field of V1beta1ModelSpec",
+        ".spec.predictor.model: V1beta1ModelSpec requires 'modelFormat'",
+    ]
+    runtime = load(KSERVE / "servingruntime.yaml")
+    runtime["spec"]["containers"][0]["readOnlyRootFilesystem"] = True  # belongs in securityContext
+    (problem,) = kserve_sdk.check(runtime, "V1alpha1ServingRuntime", kubernetes_part)
+    assert "readOnlyRootFilesystem" in problem and problem.startswith(".spec.containers[0]")
+
+
+def test_the_kserve_runtime_serves_v2_with_our_image_and_the_service_uses_it() -> None:
+    runtime, isvc = load(KSERVE / "servingruntime.yaml"), load(KSERVE / "inferenceservice.yaml")
+    (c,) = runtime["spec"]["containers"]
     assert c["name"] == "kserve-container" and c["image"] == service("api")["image"]
     build_parser().parse_args(c["command"][1:])
     env = env_of(c)
