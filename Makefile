@@ -31,9 +31,10 @@ lint: install
 # tests/docker/test_scale.py runs the compose scale profile's load balancer, Debian's HAProxy,
 # outside Docker: installed here when missing (as root, from the Debian archive).
 HAPROXY := /usr/sbin/haproxy
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 $(HAPROXY):
-	apt-get install -y -qq haproxy >/dev/null || \
-		(apt-get update -qq && apt-get install -y -qq haproxy >/dev/null)
+	$(SUDO) apt-get install -y -qq haproxy >/dev/null || \
+		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq haproxy >/dev/null)
 
 test: lint $(HAPROXY)
 	$(BIN)/pytest -q
