@@ -14,7 +14,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from multiprocessing.connection import wait
 from typing import Literal
 
 import numpy as np
@@ -29,7 +28,8 @@ from serving.engine.base import Commit, default_device
 from serving.engine.distributed import rank as rank_lib
 from serving.engine.distributed.group import Backoff, GroupFailed, RankGroup, RestartAttempt
 from serving.engine.distributed.lookup import idle_batch
-from serving.engine.distributed.nodes import Nodes
+from serving.engine.distributed.nodes import Nodes, await_workers
+from serving.engine.distributed.supervisor import Supervised
 from serving.engine.distributed.transport import Done, Forward, Ready, Update
 from serving.engine.layout import Layout
 from serving.errors import EngineStartError, EngineUnavailable
@@ -46,7 +46,7 @@ State = Literal["stopped", "serving", "restarting"]
 Answer = dict[str, np.ndarray]
 
 
-class DistributedEngine:
+class DistributedEngine(Supervised):
     """A column-wise sharded EmbeddingCollection served by `world_size` rank processes that
     run TorchRec's DistributedModelParallel (gloo on CPU, NCCL with rank r on cuda:r).
 
@@ -138,7 +138,10 @@ class DistributedEngine:
                 f"{torch.cuda.device_count()} found"
             )
         if self.nnodes > 1:
-            self._await_nodes()
+            self.nodes = await_workers(
+                self.master, self.cluster_key, self.nnodes, self.world, self.start_timeout,
+                on_join=self._retry.set,
+            )  # fmt: skip
         with self._lock:
             if self._state != "stopped":
                 raise EngineStartError("the engine is already started")
@@ -154,20 +157,6 @@ class DistributedEngine:
             target=self._supervise, name="seqserve-supervisor", daemon=True
         )
         self._supervisor.start()
-
-    def _await_nodes(self) -> None:
-        """Listen for the other hosts' workers and wait until every one has joined."""
-        if not self.cluster_key:
-            raise EngineStartError("ranks on other hosts need a cluster key (--cluster-key)")
-        if self.world % self.nnodes:
-            raise EngineStartError(
-                f"world_size {self.world} does not split into {self.nnodes} nodes evenly"
-            )
-        self.nodes = Nodes(*self.master, self.cluster_key, on_join=self._retry.set)
-        log.warning("waiting for %d worker(s) on %s:%d", self.nnodes - 1, *self.nodes.address)
-        if not self.nodes.wait_for(range(1, self.nnodes), self.start_timeout):
-            self.nodes.close()
-            raise EngineStartError(f"workers did not join within {self.start_timeout:g}s")
 
     def close(self) -> None:
         """Stop the supervisor and every rank, also in the middle of a restart."""
@@ -262,73 +251,6 @@ class DistributedEngine:
         group.kill()  # its sentinels fire: that is what wakes the supervisor
         self._forget(group)
 
-    # -- supervision -----------------------------------------------------------------------
-
-    def _supervise(self) -> None:
-        while not self._closing.is_set():
-            try:
-                if self._watch():
-                    self._restart()
-            except Exception:  # a supervisor that dies would leave the engine down for good
-                log.exception("the rank group supervisor failed; carrying on")
-                self._closing.wait(self._backoff.initial)
-
-    def _watch(self) -> bool:
-        """Wait until the serving group fails (True: restart it) or close() is called."""
-        with self._lock:
-            group, state = self._group, self._state
-        if state == "restarting":
-            return True  # taken down by forward() before we looked
-        if state != "serving" or group is None:
-            wait([self._wake_r])  # nothing to watch until close()
-            return False
-        wait([self._wake_r, *group.sentinels])
-        if self._closing.is_set():
-            return False
-        with self._lock:
-            if self._state == "serving" and self._group is not group:
-                return False  # a reload swapped groups: watch the new one
-            if self._group is group and self._state == "serving":
-                if group.alive():
-                    return False
-                dead = ", ".join(f"rank {r} exit code {c}" for r, c in group.dead_ranks())
-                self._take_down(group, f"while idle: {dead}")
-        if time.monotonic() - group.up_since >= self.restart_backoff_max:
-            self._backoff.reset()  # it served long enough: not a crash loop
-        return True
-
-    def _restart(self) -> None:
-        while not self._closing.is_set():
-            delay = self._backoff.next()
-            self._retry.clear()
-            # A worker joining ends the wait: its node is likely what the last attempt lacked.
-            if delay and self._retry.wait(delay) and self._closing.is_set():
-                return
-            started = time.monotonic()
-            try:
-                group = self._launch(self.spec, interrupt=self._wake_r)
-            except Exception as e:  # GroupFailed, or the spawn itself: try again later
-                self.restart_attempts.append(
-                    RestartAttempt(delay, started, time.monotonic(), str(e))
-                )
-                if not self._closing.is_set():
-                    log.warning(
-                        "restarting the rank group failed; next try in %gs: %s",
-                        self._backoff.delay,
-                        e,
-                    )
-                continue
-            with self._lock:
-                if self._closing.is_set():
-                    group.kill()
-                    self._forget(group)
-                    return
-                self._install(group)
-                self.restarts += 1
-            self.restart_attempts.append(RestartAttempt(delay, started, time.monotonic(), None))
-            log.warning("rank group %d is serving again", group.generation)
-            return
-
     # -- serving ---------------------------------------------------------------------------
 
     def forward(self, requests: Sequence[Request]) -> list[Answer]:
@@ -347,7 +269,7 @@ class DistributedEngine:
             group = self._group
             assert group is not None
             if not group.alive():
-                dead = ", ".join(f"rank {r} exit code {c}" for r, c in group.dead_ranks())
+                dead = group.dead_summary()
                 self._take_down(group, dead)
                 raise EngineUnavailable(f"the rank group lost a rank ({dead}); restarting it")
             t1 = time.perf_counter()

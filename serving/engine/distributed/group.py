@@ -122,6 +122,9 @@ class RankGroup:
     def dead_ranks(self) -> list[tuple[int, int | None]]:
         return [(r, p.exitcode) for r, p in enumerate(self.procs) if not p.is_alive()]
 
+    def dead_summary(self) -> str:
+        return ", ".join(f"rank {r} exit code {c}" for r, c in self.dead_ranks())
+
     def collect(
         self, kind: type, timeout: float, what: str, interrupt: int | None = None
     ) -> list[Any]:

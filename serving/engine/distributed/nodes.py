@@ -25,6 +25,7 @@ from multiprocessing.connection import Connection, Listener
 
 from serving.engine.distributed.rank import RankArgs
 from serving.engine.distributed.transport import Hello
+from serving.errors import EngineStartError
 
 log = logging.getLogger("seqserve")
 
@@ -209,3 +210,24 @@ class Nodes:
                 conn, pid = self._hellos.pop(key)
                 out[key[1]] = (conn, RemoteRank(workers[node], generation, key[1], pid))
             return out
+
+
+def await_workers(
+    master: tuple[str, int],
+    key: bytes,
+    nnodes: int,
+    world: int,
+    timeout: float,
+    on_join: Callable[[], None],
+) -> Nodes:
+    """Listen at `master` for the other hosts' workers; the listener once every one joined."""
+    if not key:
+        raise EngineStartError("ranks on other hosts need a cluster key (--cluster-key)")
+    if world % nnodes:
+        raise EngineStartError(f"world_size {world} does not split into {nnodes} nodes evenly")
+    nodes = Nodes(*master, key, on_join=on_join)
+    log.warning("waiting for %d worker(s) on %s:%d", nnodes - 1, *nodes.address)
+    if not nodes.wait_for(range(1, nnodes), timeout):
+        nodes.close()
+        raise EngineStartError(f"workers did not join within {timeout:g}s")
+    return nodes
