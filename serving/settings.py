@@ -1,7 +1,7 @@
 """Server settings, declared once: each option's flag, environment variable, default and help.
 
 `OPTIONS` is the only place a default is written. The `seqserve serve` flags, the settings
-objects (`ServerSettings`, `codec.Limits`, `batching.BatchSettings`), the README's table
+objects (`ServerSettings`, `codec.Limits`, `batching.BatchSettings`), docs/http.md's table
 (`python -m serving.settings`) and the TorchServe template's limits all come from it.
 Precedence: flag, then SEQSERVE_* environment, then the default.
 """
@@ -29,7 +29,7 @@ class Option:
     default: Any
     help: str
     choices: tuple[str, ...] = ()
-    shown: str = ""  # the default as the README table says it, where the value is not telling
+    shown: str = ""  # the default as the settings table says it, where the value is not telling
 
     @property
     def flag(self) -> str:
@@ -213,7 +213,7 @@ def from_args(args: argparse.Namespace) -> ServerSettings:
 
 
 def markdown_table() -> str:
-    """The README's settings table."""
+    """The settings table of docs/http.md."""
     lines = ["| flag | environment | default | what |", "| --- | --- | --- | --- |"]
     for o in OPTIONS:
         lines.append(f"| `{o.flag}` | `{o.env}` | {o.shown or o.default} | {o.help} |")

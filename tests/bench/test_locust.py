@@ -1,4 +1,4 @@
-"""benchmarks/locustfile.py, headless as the README runs it, against a real server."""
+"""benchmarks/locustfile.py, headless as docs/performance.md runs it, against a real server."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The benchmark scripts run from a clean checkout and write what the README quotes."""
+"""The benchmark scripts run from a clean checkout and write what the README and docs quote."""
 
 from __future__ import annotations
 

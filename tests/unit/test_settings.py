@@ -70,9 +70,9 @@ def test_every_option_lands_in_exactly_one_setting() -> None:
         defaults(max_queues=3)
 
 
-def test_the_readme_table_is_the_declared_one() -> None:
-    readme = (ROOT / "README.md").read_text()
-    assert markdown_table() in readme, "run: python -m serving.settings, paste into README.md"
+def test_the_documented_table_is_the_declared_one() -> None:
+    page = (ROOT / "docs" / "http.md").read_text()
+    assert markdown_table() in page, "run: python -m serving.settings, paste into docs/http.md"
 
 
 def test_the_torchserve_template_takes_the_declared_limits(tmp_path: Path) -> None:
