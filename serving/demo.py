@@ -3,6 +3,7 @@ to disk."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +116,12 @@ def write_model(directory: Path, raw: dict[str, Any] | None = None) -> Path:
     spec = parse_spec(raw)
     directory.mkdir(parents=True, exist_ok=True)
     tables = {t.name: weights.random_table(spec, t).contiguous() for t in spec.tables}
-    save_file(tables, str(directory / "weights.safetensors"))
+    weights_path = directory / "weights.safetensors"
+    save_file(tables, str(weights_path))
+    # safetensors creates its files 0600; a container's user (docker/, deploy/) must read them.
+    mask = os.umask(0)
+    os.umask(mask)
+    weights_path.chmod(0o666 & ~mask)
     raw["weights"] = {"safetensors": "weights.safetensors"}
     path = directory / "model.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +23,17 @@ def test_demo_model_writes_a_loadable_model(tmp_path: Path) -> None:
     spec = load_spec(tmp_path / "m" / "model.yaml")
     assert spec.name == "demo" and spec.sharding.world_size == 2
     assert (tmp_path / "m" / "weights.safetensors").stat().st_size > 100_000 * 64 * 4
+
+
+def test_demo_weights_are_readable_like_the_spec(tmp_path: Path) -> None:
+    # safetensors writes 0600; a container user other than the writer must still read them.
+    old = os.umask(0o022)
+    try:
+        assert main(["demo-model", str(tmp_path / "m")]) == 0
+    finally:
+        os.umask(old)
+    for name in ("model.yaml", "weights.safetensors"):
+        assert stat.S_IMODE((tmp_path / "m" / name).stat().st_mode) == 0o644, name
 
 
 def test_help_and_a_bad_flag() -> None:
