@@ -124,7 +124,7 @@ def create_app(
 
     # Dependencies cost per request in FastAPI: attach the token check only when there is one.
     guarded = [Depends(authorized)] if settings.auth_token else []
-    document_fronts(app, spec, service.version, secured=bool(settings.auth_token))
+    document_fronts(app, spec, lambda: service.version, secured=bool(settings.auth_token))
 
     @app.get("/ping", responses=error_responses(503) | {200: {"description": "healthy"}})
     async def ping() -> Response:
@@ -147,8 +147,10 @@ def create_app(
         """A row delta (safetensors) or a full reload ({"safetensors"|"dcp": PATH}); the reply
         comes once every rank serves the new version."""
         service.model(model)
+        content_type = request.headers.get("content-type", "")
+        service.change_kind(content_type)  # refused (403, 415) before a large body is read
         body = await body_within(request, settings.max_update_bytes)
-        changed = await service.change(body, request.headers.get("content-type", ""))
+        changed = await service.change(body, content_type)
         return {"version": changed.version, "rows": changed.rows}
 
     @app.get("/metrics", response_class=Response)
@@ -172,27 +174,27 @@ async def body_within(request: Request, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def document_fronts(app: FastAPI, spec: ModelSpec, version: int, secured: bool) -> None:
+def document_fronts(
+    app: FastAPI, spec: ModelSpec, version: Callable[[], int], secured: bool
+) -> None:
     """Add POST /predictions/{model} and the v2 REST routes, answered outside FastAPI's
-    routing, to the OpenAPI document FastAPI builds for its own routes."""
+    routing, to the OpenAPI document FastAPI builds for its own routes. The v2 paths name the
+    version served when the document is asked for: weight updates move it."""
     build = app.openapi
+    operation: dict[str, Any] = {
+        "summary": "Embeddings of the ids of one or several sequences",
+        "operationId": "predict_predictions__model__post",
+        **predict_openapi(spec),
+    }
+    if secured:
+        operation["security"] = [{"HTTPBearer": []}]
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            doc = build()  # FastAPI's document of its own routes, kept in app.openapi_schema
-            operation: dict[str, Any] = {
-                "summary": "Embeddings of the ids of one or several sequences",
-                "operationId": "predict_predictions__model__post",
-                **predict_openapi(spec),
-            }
-            if secured:
-                operation["security"] = [{"HTTPBearer": []}]
-            doc["paths"] = {
-                native.ROUTE: {"post": operation},
-                **doc.get("paths", {}),
-                **v2_paths(spec, version, secured),
-            }
-            app.openapi_schema = doc
+            app.openapi_schema = build()  # FastAPI's document of its own routes, built once
+        own = {k: v for k, v in app.openapi_schema["paths"].items() if not k.startswith("/v2/")}
+        paths = {native.ROUTE: {"post": operation}, **own, **v2_paths(spec, version(), secured)}
+        app.openapi_schema["paths"] = paths
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

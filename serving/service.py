@@ -194,17 +194,7 @@ class Service:
         go on; then the gate holds new requests back, lets those in flight finish, and the
         change is committed between two batches and the version moves. A rejected update
         (BadUpdate, 400) changes nothing."""
-        if source == "http" and not self.settings.allow_updates:
-            raise UpdatesDisabled(
-                "weight updates are off: start the server with --allow-updates to accept them"
-            )
-        media = content_type.split(";", 1)[0].strip().lower()
-        if media not in (DELTA, RELOAD):
-            raise UnsupportedMediaType(
-                f"content type '{media}': send {DELTA} (a safetensors row delta) or {RELOAD} "
-                '({"safetensors": PATH} or {"dcp": PATH})'
-            )
-        kind = "delta" if media == DELTA else "reload"
+        kind = self.change_kind(content_type, source)
         async with self._changing:
             self.check_ready()
             try:
@@ -219,6 +209,20 @@ class Service:
         self.metrics.on_update(kind, "applied", rows)
         log.info("weights version %d: %s of %d rows (%s)", version, kind, rows, source)
         return Changed(version, rows)
+
+    def change_kind(self, content_type: str, source: str = "http") -> str:
+        """ "delta" or "reload", or why this change is refused before its body is read."""
+        if source == "http" and not self.settings.allow_updates:
+            raise UpdatesDisabled(
+                "weight updates are off: start the server with --allow-updates to accept them"
+            )
+        media = content_type.split(";", 1)[0].strip().lower()
+        if media not in (DELTA, RELOAD):
+            raise UnsupportedMediaType(
+                f"content type '{media}': send {DELTA} (a safetensors row delta) or {RELOAD} "
+                '({"safetensors": PATH} or {"dcp": PATH})'
+            )
+        return "delta" if media == DELTA else "reload"
 
     def _prepare(self, kind: str, body: bytes) -> tuple[int, Commit]:
         if kind == "delta":

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         headers["Content-Type"] = "application/octet-stream"
     else:
         # The path is the server's: one ending in .safetensors is a file, anything else DCP.
-        kind = "safetensors" if args.weights.endswith(".safetensors") else "dcp"
+        kind = "safetensors" if args.weights.lower().endswith(".safetensors") else "dcp"
         body = orjson.dumps({kind: args.weights})
         headers["Content-Type"] = "application/json"
     url = f"{args.url.rstrip('/')}/models/{args.model}/weights"

@@ -2,8 +2,8 @@
 anything changes. Pure numpy: the engines apply what this module accepts.
 
 A delta is a safetensors file holding, per table to change, `<table>.ids` (int64 [k], unique,
-in range) and `<table>.rows` (float32 [k, dim]). A reload names new weights on the server:
-`{"safetensors": PATH}` or `{"dcp": PATH}`.
+in range) and `<table>.rows` (float32 [k, dim], finite: a NaN would reach every client). A
+reload names new weights on the server: `{"safetensors": PATH}` or `{"dcp": PATH}`.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ class TableRows:
 
 
 Delta = dict[str, TableRows]  # table name -> its new rows
+HALF_MAX = float(np.finfo(np.float16).max)
 
 
 def rows_in(delta: Delta) -> int:
@@ -38,8 +39,9 @@ def parse_delta(body: bytes, spec: ModelSpec) -> Delta:
     """A safetensors delta, every rule checked; BadUpdate names the tensor and the rule."""
     try:
         tensors = load_safetensors(body)
-    except (SafetensorError, ValueError, OSError) as e:
-        raise BadUpdate(f"delta: not a readable safetensors file ({e})") from None
+    except (SafetensorError, ValueError, OSError, KeyError) as e:
+        # KeyError: a dtype safetensors knows and numpy does not (bf16, fp8)
+        raise BadUpdate(f"delta: not a readable safetensors file of numpy dtypes ({e!r})") from None
     if not tensors:
         raise BadUpdate("delta: the file holds no tensors; give <table>.ids and <table>.rows")
     tables = {t.name: t for t in spec.tables}
@@ -79,7 +81,16 @@ def parse_delta(body: bytes, spec: ModelSpec) -> Delta:
         if len(unique) != len(ids):
             repeated = unique[counts > 1][0]
             raise BadUpdate(f"delta: '{name}.ids' repeats id {repeated}; ids must be unique")
+        finite = np.isfinite(rows).all(axis=1)
+        if table.dtype == "fp16":  # beyond half's range a row would be stored as inf
+            finite &= (np.abs(rows) <= HALF_MAX).all(axis=1)
+        if not finite.all():
+            row = int(np.flatnonzero(~finite)[0])
+            held = "NaN, inf or beyond fp16's range" if table.dtype == "fp16" else "NaN or inf"
+            raise BadUpdate(f"delta: '{name}.rows' row {row} (id {ids[row]}) holds {held}")
         delta[name] = TableRows(ids, rows)
+    if not rows_in(delta):
+        raise BadUpdate("delta: no rows; give at least one id and its row")
     return delta
 
 
@@ -94,4 +105,10 @@ def parse_reload(body: bytes) -> WeightsSpec:
     kind, path = next(iter(doc.items()))
     if not isinstance(path, str) or not path:
         raise BadUpdate(f"reload: '{kind}' must be a path on the server, a non-empty string")
-    return WeightsSpec(**{kind: Path(path).resolve()})
+    try:
+        if "\x00" in path:
+            raise ValueError("a NUL character")
+        resolved = Path(path).resolve()
+    except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: a symlink loop
+        raise BadUpdate(f"reload: '{kind}' path {path!r} cannot be resolved: {e}") from None
+    return WeightsSpec(**{kind: resolved})

@@ -39,8 +39,8 @@ async def apply_file(service: Service, path: Path, applied: Path, rejected: Path
         changed = await service.change(body, DELTA, source=f"updates-dir {path.name}")
     except EngineUnavailable:
         return False
-    except (BadUpdate, OSError) as e:
-        reason = str(e)
+    except Exception as e:  # a bad file must not stop the folder: set it aside, go on
+        reason = str(e) if isinstance(e, BadUpdate | OSError) else f"internal error: {e!r}"
         log.warning("updates-dir: rejected %s: %s", path.name, reason)
         (rejected / (path.name + ".reason")).write_text(reason + "\n")
         path.replace(rejected / path.name)

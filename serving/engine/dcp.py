@@ -11,16 +11,23 @@ from pathlib import Path
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from serving.config import ModelSpec, TableSpec
 from serving.engine.distributed.dmp import state_key
+from serving.engine.weights import readable_file
 from serving.errors import SpecError
 
 
 def _metadata(path: Path) -> dict[str, object]:
-    if not (path / ".metadata").is_file():
+    try:
+        found = (path / ".metadata").exists()
+    except OSError as e:  # e.g. a folder this process may not enter
+        raise SpecError(f"weights: checkpoint {path} cannot be read: {e.strerror}") from None
+    if not found:
         raise SpecError(f"weights: {path} is not a torch.distributed.checkpoint (no .metadata)")
+    readable_file(path / ".metadata", "checkpoint metadata")
     try:
         return dict(dcp.FileSystemReader(str(path)).read_metadata().state_dict_metadata)
     except Exception as e:
@@ -77,5 +84,11 @@ def _read_table(key: str, table: TableSpec, path: Path) -> torch.Tensor:
     with warnings.catch_warnings():
         # Loading in one process on purpose; DCP warns about it.
         warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
-        dcp.load({key: out}, checkpoint_id=str(path), no_dist=True)
+        try:
+            dcp.load({key: out}, checkpoint_id=str(path), no_dist=True)
+        except CheckpointException as e:  # a BaseException: name the first failure only
+            first = next(iter(e.failures.values()), None)
+            why = f"{type(first[0]).__name__}: {first[0]}" if first else "unknown failure"
+            msg = f"table '{table.name}': cannot read it from checkpoint {path}: {why}"
+            raise SpecError(msg) from None
     return out

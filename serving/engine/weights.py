@@ -9,6 +9,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import json
+import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,9 +42,22 @@ def check(spec: ModelSpec) -> None:
         dcp.check(spec, w.dcp)
 
 
+def readable_file(path: Path, what: str) -> None:
+    """SpecError, in words, unless `path` is a file this process may read."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise SpecError(f"weights: {what} {path} does not exist") from None
+    except OSError as e:
+        raise SpecError(f"weights: {what} {path} cannot be read: {e.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise SpecError(f"weights: {what} {path} is not a file")
+    if not os.access(path, os.R_OK):
+        raise SpecError(f"weights: {what} {path} cannot be read: permission denied")
+
+
 def _check_safetensors(spec: ModelSpec, path: Path) -> None:
-    if not path.is_file():
-        raise SpecError(f"weights: safetensors file {path} does not exist")
+    readable_file(path, "safetensors file")
     try:
         with safe_open(str(path), framework="pt") as f:
             names = set(f.keys())

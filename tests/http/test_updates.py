@@ -4,6 +4,7 @@ bad updates change nothing, and the switches, the token, the CLI and the watched
 from __future__ import annotations
 
 import random
+import socket
 import subprocess
 import sys
 import threading
@@ -178,6 +179,12 @@ def test_bad_updates_are_400_naming_the_problem_and_change_nothing(updatable: Se
             "does not exist; version",
         ),  # fmt: skip
         (b'{"dcp": "/tmp"}', {"Content-Type": "application/json"}, "is not a torch.distributed"),
+        (b'{"safetensors": "/tmp"}', {"Content-Type": "application/json"}, "/tmp is not a file"),
+        (
+            save({"items.ids": np.array([2]), "items.rows": np.full((1, DIM), np.inf, np.float32)}),
+            OCTET,
+            "'items.rows' row 0 (id 2) holds NaN or inf",
+        ),
     ]
     for body, headers, message in cases:
         r = c.post("/models/small/weights", content=body, headers=headers)
@@ -196,6 +203,13 @@ def test_updates_are_off_unless_allowed(server: Server) -> None:
     r = server.client.post("/models/small/weights", content=version_delta(5), headers=OCTET)
     assert r.status_code == 403 and "--allow-updates" in r.json()["message"]
     assert server.client.get("/models/small").json()["version"] == 1
+    # Refused before the body is read: a client announcing 3 GB gets its 403 at once.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(
+            b"POST /models/small/weights HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/octet-stream\r\nContent-Length: 3000000000\r\n\r\n"
+        )
+        assert s.recv(64).startswith(b"HTTP/1.1 403 ")
 
 
 def test_the_token_guards_updates_and_an_exposed_server_needs_one(model_path: Path) -> None:
@@ -249,3 +263,7 @@ def test_seqserve_update_pushes_a_delta_and_a_reload(updatable: Server, tmp_path
     path = version_reload(updatable, version + 2, tmp_path)
     out = update("--weights", str(path))
     assert out.returncode == 0 and out.stdout.strip() == f"version {version + 2} (5080 rows)"
+    # The OpenAPI document names the version now served on the v2 routes.
+    doc = updatable.client.get("/openapi.json").json()
+    versioned = doc["paths"]["/v2/models/{model}/versions/{version}/infer"]["parameters"][1]
+    assert versioned["schema"]["enum"] == [str(version + 2)]

@@ -13,6 +13,7 @@ from safetensors.numpy import save
 
 from tests.http.server import Server
 from tests.http.test_updates import marked
+from tests.unit.test_updates import bf16_delta
 
 pytestmark = pytest.mark.slow
 
@@ -48,11 +49,13 @@ def test_the_folder_applies_in_name_order_once_and_rejects_with_a_reason(
     publish(folder, "0002-b.safetensors", 20, [0, 1])
     publish(folder, "0001-a.safetensors", 10, [0, 2])
     (folder / "0003-c.safetensors").write_bytes(b"not a safetensors file")
+    (folder / "0003-d.safetensors").write_bytes(bf16_delta())  # a dtype numpy lacks
     (folder / "0004-d.safetensors.part").write_bytes(b"half written, never read")
     server = Server(model_path, "--updates-dir", str(folder))
     try:
         server.wait_ready()
-        until(lambda: (folder / "rejected" / "0003-c.safetensors").exists())
+        until(lambda: (folder / "rejected" / "0003-d.safetensors").exists())
+        assert (folder / "rejected" / "0003-c.safetensors").exists()
         assert server.client.get("/models/small").json()["version"] == 3
         assert np.array_equal(item_rows(server, [0, 1]), marked(20, [0, 1]))
         assert np.array_equal(item_rows(server, [2]), marked(10, [2]))

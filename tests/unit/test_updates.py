@@ -4,6 +4,9 @@ answer on one version."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +31,21 @@ def ids(*v: int) -> np.ndarray:
 
 def rows(k: int, dim: int) -> np.ndarray:
     return np.arange(k * dim, dtype=np.float32).reshape(k, dim)
+
+
+def with_nan(r: np.ndarray, row: int) -> np.ndarray:
+    r[row, -1] = np.nan
+    return r
+
+
+def bf16_delta() -> bytes:
+    """items.rows in bfloat16: a dtype safetensors knows and numpy does not."""
+    header = {
+        "items.ids": {"dtype": "I64", "shape": [1], "data_offsets": [0, 8]},
+        "items.rows": {"dtype": "BF16", "shape": [1, 8], "data_offsets": [8, 24]},
+    }
+    text = json.dumps(header).encode()
+    return len(text).to_bytes(8, "little") + text + bytes(24)
 
 
 def test_a_delta_of_two_tables_is_read_in_spec_order() -> None:
@@ -79,6 +97,12 @@ def test_a_delta_of_two_tables_is_read_in_spec_order() -> None:
             delta(**{"items.ids": ids(3, 4, 3), "items.rows": rows(3, 8)}),
             "delta: 'items.ids' repeats id 3; ids must be unique",
         ),
+        (
+            delta(**{"items.ids": ids(3, 5), "items.rows": with_nan(rows(2, 8), 1)}),
+            "delta: 'items.rows' row 1 (id 5) holds NaN or inf",
+        ),
+        (delta(**{"items.ids": ids(), "items.rows": rows(0, 8)}), "delta: no rows"),
+        (bf16_delta(), "delta: not a readable safetensors file of numpy dtypes"),
     ],
 )
 def test_every_bad_delta_is_refused_naming_the_problem(body: bytes, message: str) -> None:
@@ -96,9 +120,27 @@ def test_a_reload_names_one_path() -> None:
         (b'{"safetensors": "a", "dcp": "b"}', 'give exactly one of {"safetensors": PATH}'),
         (b'{"pickle": "a"}', "give exactly one of"),
         (b'{"dcp": 3}', "reload: 'dcp' must be a path on the server"),
+        (b'{"dcp": "a\\u0000b"}', "reload: 'dcp' path 'a\\x00b' cannot be resolved"),
     ]:
-        with pytest.raises(BadUpdate, match=message.replace("{", r"\{")):
+        with pytest.raises(BadUpdate, match=re.escape(message)):
             parse_reload(body)
+
+
+def test_a_half_table_refuses_rows_beyond_halfs_range() -> None:
+    half = spec(1, 0, [("h", 10, ["h"], 0, 4, "fp16")])
+    ok = parse_delta(delta(**{"h.ids": ids(1), "h.rows": np.full((1, 4), 65504, np.float32)}), half)
+    assert rows_in(ok) == 1
+    big = delta(**{"h.ids": ids(1, 2), "h.rows": np.full((2, 4), 7e4, np.float32)})
+    with pytest.raises(BadUpdate, match=re.escape("row 0 (id 1) holds NaN, inf or beyond fp16")):
+        parse_delta(big, half)
+
+
+def test_a_reload_path_in_a_symlink_loop_is_a_bad_update(tmp_path: Path) -> None:
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    body = json.dumps({"safetensors": str(tmp_path / "a")}).encode()
+    with pytest.raises(BadUpdate, match="cannot be resolved"):
+        parse_reload(body)
 
 
 def test_the_gate_lets_an_update_in_only_between_requests_and_holds_new_ones() -> None:
