@@ -30,6 +30,13 @@ class Option:
     help: str
     choices: tuple[str, ...] = ()
     shown: str = ""  # the default as the settings table says it, where the value is not telling
+    least: float | None = None  # the smallest value taken; None: 1 for counts, 0 for seconds
+
+    @property
+    def floor(self) -> float | None:
+        if self.least is not None:
+            return self.least
+        return {int: 1, float: 0}.get(self.type)
 
     @property
     def flag(self) -> str:
@@ -42,8 +49,10 @@ class Option:
 
 OPTIONS = (
     Option("host", str, "127.0.0.1", "address to bind; anything but loopback exposes the server"),
-    Option("port", int, 8080, "HTTP port: the native API and the Open Inference Protocol REST"),
-    Option("grpc_port", int, 8081, "Open Inference Protocol gRPC port, bound on --host"),
+    Option(
+        "port", int, 8080, "HTTP port: the native API and the Open Inference Protocol REST", least=0
+    ),
+    Option("grpc_port", int, 8081, "Open Inference Protocol gRPC port, bound on --host", least=0),
     Option("max_batch_size", int, 64, "sequences per batch, at most"),
     Option("max_batch_ids", int, 65536, "ids per batch, at most"),
     Option("max_delay_ms", float, 5.0, "how long a batch waits for more requests, from its oldest"),
@@ -93,6 +102,7 @@ OPTIONS = (
         int,
         8083,
         "port, on --host, where the other hosts' workers and ranks join (--nnodes > 1)",
+        least=0,
     ),
     Option(
         "cluster_key",
@@ -165,6 +175,8 @@ class ServerSettings:
             if o.choices and given[o.name] not in o.choices:
                 allowed = " or ".join(c for c in o.choices if c)
                 raise ValueError(f"{o.flag} must be {allowed}, not {given[o.name]!r}")
+            if o.floor is not None and given[o.name] < o.floor:
+                raise ValueError(f"{o.flag} must be at least {o.floor:g}, not {given[o.name]!r}")
 
         def pick(kind: Any) -> dict[str, Any]:
             return {f.name: given[f.name] for f in dataclasses.fields(kind) if f.name in given}

@@ -38,6 +38,8 @@ def add_flags(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.nnodes < 2:
+        raise SeqServeError(f"--nnodes must be at least 2 (the front is node 0), not {args.nnodes}")
     if not 1 <= args.node_rank < args.nnodes:
         raise SeqServeError(f"--node-rank must be in [1, {args.nnodes}): node 0 is the front's")
     if not args.cluster_key:

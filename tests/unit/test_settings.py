@@ -50,6 +50,21 @@ def test_a_bad_dispatch_is_refused() -> None:
         from_args(parse("--dispatch", "all"))
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("max_batch_size", 0, "--max-batch-size must be at least 1, not 0"),
+        ("nnodes", -1, "--nnodes must be at least 1, not -1"),
+        ("max_delay_ms", -0.5, "--max-delay-ms must be at least 0, not -0.5"),
+        ("port", -1, "--port must be at least 0, not -1"),
+    ],
+)
+def test_a_value_below_its_floor_is_refused(name: str, value: float, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        defaults(**{name: value})
+    assert defaults(port=0, max_delay_ms=0.0).port == 0
+
+
 def test_the_engine_flag_overrides_the_spec_or_is_refused() -> None:
     assert from_args(parse()).engine == ""  # the spec's sharding.engine decides
     assert from_args(parse("--engine", "distributed")).engine == "distributed"
