@@ -88,6 +88,8 @@ def create_app(
             # Uvicorn has stopped accepting and answered what was in flight; gRPC does the
             # same within the request timeout, then the queue is drained.
             await grpc_server.stop(settings.request_timeout_s)
+            if not starting.done():
+                await service.abandon_start()
             await starting
             await service.stop()
 

@@ -69,6 +69,7 @@ class Service:
         )
         self.gate = Gate()  # requests read one version; an update writes between batches
         self._changing = asyncio.Lock()  # one update at a time, from preparing to committing
+        self._abandoned = False  # the server stopped before the engine was up
         self.batcher: Batcher[Ids, Answer] = Batcher(
             self._process, settings.batch, on_batch=self.metrics.on_batch
         )
@@ -86,12 +87,21 @@ class Service:
         try:
             await asyncio.to_thread(self.engine.start)
         except BaseException as e:  # the ranks' traceback is in the message
+            if self._abandoned:
+                log.warning("the engine's start was abandoned: the server is stopping")
+                return
             log.error("the engine failed to start: %s", e)
             if on_fatal:
                 on_fatal(e)
             return
-        if on_ready:
+        if on_ready and not self._abandoned:
             on_ready()
+
+    async def abandon_start(self) -> None:
+        """The server stops while the engine starts: close it, so that a start waiting on
+        something that may never come (another host's worker) ends now."""
+        self._abandoned = True
+        await asyncio.to_thread(self.engine.close)
 
     async def stop(self) -> None:
         """Answer what is queued, then close the engine."""

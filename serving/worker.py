@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, leave)
     signal.signal(signal.SIGINT, leave)
-    from serving.engine.distributed.nodes import Join  # torch: not for `seqserve --help`
+    from serving.engine.distributed.nodes import Join, keep_alive  # torch: not for --help
 
     address = (args.master_addr, args.master_port)
     key = args.cluster_key.encode()
@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
             raise SeqServeError(
                 f"{address[0]}:{address[1]} refused this worker: the cluster keys differ"
             ) from None
-        conn.send(Join(args.node_rank, os.getpid()))
+        keep_alive(conn)  # a front whose host vanished reads as gone: join again
+        conn.send(Join(args.node_rank, os.getpid(), args.nnodes))
         print(
             f"seqserve worker: node {args.node_rank} joined {address[0]}:{address[1]}", flush=True
         )
@@ -79,7 +80,7 @@ def _serve(
     conn: Connection, address: tuple[str, int], key: bytes, ranks: dict[int, BaseProcess]
 ) -> None:
     from serving.engine.distributed import rank as rank_lib
-    from serving.engine.distributed.nodes import Exited, Halt, Launch
+    from serving.engine.distributed.nodes import Exited, Halt, Launch, Refused
 
     ctx = mp.get_context("spawn")
     generation = ""
@@ -101,6 +102,8 @@ def _serve(
             msg = conn.recv()
         except (EOFError, OSError):
             return
+        if isinstance(msg, Refused):
+            raise SeqServeError(f"{address[0]}:{address[1]} refused this worker: {msg.reason}")
         if isinstance(msg, Launch):
             _kill(ranks)
             generation = msg.generation

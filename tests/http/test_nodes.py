@@ -1,10 +1,12 @@
 """Two "hosts" on loopback: the front with ranks 0-1 as node 0, and ranks 2-3 as node 1 from a
 separate `seqserve worker` command. An interleaved plan spans both; losing node 1 turns /ping
-to 503, and starting its worker again brings exact answers back."""
+to 503, and starting its worker again brings exact answers back. Workers that do not fit are
+refused in one line, and nothing on the cluster port can hold the front up."""
 
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -34,10 +36,11 @@ SHARDING = {
 REQUEST = {"item_id": [3, 17, 17, 0, 4999], "category_id": [5, 49], "shop_id": [29, 0]}
 
 
-def worker(port: int, key: str = KEY) -> subprocess.Popen[str]:
+def worker(port: int, key: str = KEY, nnodes: int = 2) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "serving.cli", "worker", "--master-addr", "127.0.0.1"]
-        + ["--master-port", str(port), "--node-rank", "1", "--nnodes", "2", "--cluster-key", key],
+        + ["--master-port", str(port), "--node-rank", "1", "--nnodes", str(nnodes)]
+        + ["--cluster-key", key],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -85,12 +88,24 @@ def test_two_nodes_serve_exactly_and_heal_when_the_lost_node_rejoins(
     wrong = worker(port, "not-the-key")
     out, _ = wrong.communicate(timeout=60)
     assert wrong.returncode == 2 and "refused this worker: the cluster keys differ" in out, out
+    # So is one that counts the nodes otherwise.
+    wrong = worker(port, nnodes=3)
+    out, _ = wrong.communicate(timeout=60)
+    assert wrong.returncode == 2 and "this front spans 2 nodes, not 3 (--nnodes)" in out, out
+    # A connection that never says a word holds up nobody: node 1 joins beside it.
+    idle = socket.create_connection(("127.0.0.1", port))
     node1 = worker(port)
     try:
         server.wait_ready()
         assert_exact(server)
         spec = server.client.get("/models/small").json()
         assert spec["world_size"] == 4 and spec["dispatch"] == "one"
+        # A second worker claiming node 1 is refused, and the group serves on.
+        twin = worker(port)
+        out, _ = twin.communicate(timeout=60)
+        assert twin.returncode == 2 and "node 1 already has a worker" in out, out
+        assert server.client.get("/ping").status_code == 200
+        assert_exact(server)
         # Node 1 is lost (its worker killed; its ranks follow it).
         stop(node1)
         until_status(server, 503, 10)
@@ -105,4 +120,27 @@ def test_two_nodes_serve_exactly_and_heal_when_the_lost_node_rejoins(
             httpx.get(f"http://127.0.0.1:{port}", timeout=5)
         assert server.client.get("/ping").status_code == 200
     finally:
+        idle.close()
         stop(node1, signal.SIGTERM)
+
+
+def test_a_front_waiting_for_its_workers_stops_at_once(tmp_path: Path) -> None:
+    model = write_model(tmp_path, {**MODEL, "sharding": SHARDING})
+    port = free_port()
+    server = Server(model, "--nnodes", "2", "--master-port", str(port), "--cluster-key", KEY)
+    try:
+        end = time.monotonic() + 60
+        while True:  # listening for workers (none will come)
+            try:
+                socket.create_connection(("127.0.0.1", port)).close()
+                break
+            except OSError:
+                assert time.monotonic() < end and server.proc.poll() is None, server.output()
+                time.sleep(0.1)
+        started = time.monotonic()
+        assert server.terminate(timeout=30) == 0
+        assert time.monotonic() - started < 15
+        out = server.output()
+        assert "ready on" not in out and "failed to start" not in out, out
+    finally:
+        server.close()

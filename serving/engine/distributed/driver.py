@@ -28,7 +28,7 @@ from serving.engine.base import Commit, default_device
 from serving.engine.distributed import rank as rank_lib
 from serving.engine.distributed.group import Backoff, GroupFailed, RankGroup, RestartAttempt
 from serving.engine.distributed.lookup import idle_batch
-from serving.engine.distributed.nodes import Nodes, await_workers
+from serving.engine.distributed.nodes import Nodes, listen
 from serving.engine.distributed.supervisor import Supervised
 from serving.engine.distributed.transport import Done, Forward, Ready, Update
 from serving.engine.layout import Layout
@@ -130,7 +130,9 @@ class DistributedEngine(Supervised):
         return group.pids if group is not None else []
 
     def start(self) -> None:
-        """Start the group; a rank that fails here raises EngineStartError (no retry)."""
+        """Start the group; a rank that fails here raises EngineStartError (no retry), and so
+        does close() called meanwhile."""
+        self._closing.clear()
         weights.check(self.spec)
         if self.device == "cuda" and torch.cuda.device_count() < self.world:
             raise EngineStartError(
@@ -138,10 +140,7 @@ class DistributedEngine(Supervised):
                 f"{torch.cuda.device_count()} found"
             )
         if self.nnodes > 1:
-            self.nodes = await_workers(
-                self.master, self.cluster_key, self.nnodes, self.world, self.start_timeout,
-                on_join=self._retry.set,
-            )  # fmt: skip
+            self._await_workers()
         with self._lock:
             if self._state != "stopped":
                 raise EngineStartError("the engine is already started")
@@ -149,7 +148,6 @@ class DistributedEngine(Supervised):
                 group = self._launch(self.spec)
             except GroupFailed as e:
                 raise EngineStartError(str(e)) from None
-            self._closing.clear()
             self._wake_r, self._wake_w = os.pipe()
             self._backoff.reset()
             self._install(group)
@@ -158,6 +156,18 @@ class DistributedEngine(Supervised):
         )
         self._supervisor.start()
 
+    def _await_workers(self) -> None:
+        """Listen for the other hosts' workers until every one has joined, or close()."""
+        nodes = listen(self.master, self.cluster_key, self.nnodes, self.world, self._retry.set)
+        self.nodes = nodes
+        end = time.monotonic() + self.start_timeout
+        while not nodes.wait_for(range(1, self.nnodes), 0.5):
+            if self._closing.is_set() or time.monotonic() > end:
+                nodes.close()
+                if self._closing.is_set():
+                    raise EngineStartError("stopped while waiting for the other hosts' workers")
+                raise EngineStartError(f"workers did not join within {self.start_timeout:g}s")
+
     def close(self) -> None:
         """Stop the supervisor and every rank, also in the middle of a restart."""
         self._closing.set()
@@ -165,6 +175,8 @@ class DistributedEngine(Supervised):
         if self._wake_w >= 0:
             with contextlib.suppress(OSError):
                 os.write(self._wake_w, b"x")
+        if self.nodes is not None:
+            self.nodes.close()  # ends a launch on other hosts, or the wait for their workers
         supervisor, self._supervisor = self._supervisor, None
         if supervisor is not None and supervisor is not threading.current_thread():
             supervisor.join(timeout=60)
@@ -178,8 +190,6 @@ class DistributedEngine(Supervised):
             leftovers, self._groups = list(self._groups), set()
         for g in leftovers:
             g.kill()
-        if self.nodes is not None:
-            self.nodes.close()
         if supervisor is None or not supervisor.is_alive():
             for fd in (self._wake_r, self._wake_w):
                 if fd >= 0:

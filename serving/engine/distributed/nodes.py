@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, Listener
+from multiprocessing.connection import Connection, Listener, answer_challenge, deliver_challenge
 
 from serving.engine.distributed.rank import RankArgs
 from serving.engine.distributed.transport import Hello
@@ -29,13 +32,21 @@ from serving.errors import EngineStartError
 
 log = logging.getLogger("seqserve")
 
-HELLO_TIMEOUT_S = 10.0  # a new connection must say who it is within this
+HELLO_TIMEOUT_S = 10.0  # a new connection must pass the challenge and say who it is within this
+# A host that vanishes without closing its connections is noticed after about 10 + 3 x 5 s.
+KEEPALIVE = ((socket.TCP_KEEPIDLE, 10), (socket.TCP_KEEPINTVL, 5), (socket.TCP_KEEPCNT, 3))
 
 
 @dataclass(frozen=True)
 class Join:  # worker -> front, first message
     node: int
     pid: int
+    nnodes: int
+
+
+@dataclass(frozen=True)
+class Refused:  # front -> worker, instead of any work: why it may not join (it exits)
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -56,11 +67,39 @@ class Exited:  # worker -> front: one of its ranks ended
     code: int | None
 
 
+def _socket_of(conn: Connection) -> socket.socket:
+    """A second handle on `conn`'s socket (options and shutdown act on the socket itself)."""
+    return socket.socket(fileno=os.dup(conn.fileno()))
+
+
+def hang_up(conn: Connection) -> None:
+    """Close `conn` and wake any thread blocked on it, which a bare close() does not."""
+    with contextlib.suppress(OSError), _socket_of(conn) as s:
+        s.shutdown(socket.SHUT_RDWR)
+    conn.close()
+
+
+def keep_alive(conn: Connection) -> None:
+    """TCP keep-alive: a peer whose host is gone reads as a closed connection."""
+    with _socket_of(conn) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in KEEPALIVE:
+            s.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+def _read_timeout(conn: Connection, seconds: float) -> None:
+    """Reads on `conn` fail after `seconds` (0: wait for ever); Connection reads the bare fd."""
+    whole = int(seconds)
+    with _socket_of(conn) as s:
+        timeval = struct.pack("ll", whole, int((seconds - whole) * 1e6))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+
+
 class Worker:
     """The front's side of one worker's control connection."""
 
-    def __init__(self, node: int, conn: Connection):
-        self.node = node
+    def __init__(self, node: int, pid: int, conn: Connection):
+        self.node, self.pid = node, pid
         self.conn = conn
         self.gone = False
         self.exited: dict[tuple[str, int], int | None] = {}
@@ -112,9 +151,12 @@ class RemoteRank:
 class Nodes:
     """The front's listener: workers join, remote ranks connect back."""
 
-    def __init__(self, host: str, port: int, key: bytes, on_join: Callable[[], None]):
-        self.listener = Listener((host, port), authkey=key)
+    def __init__(self, host: str, port: int, key: bytes, nnodes: int, on_join: Callable[[], None]):
+        # The challenge is not run by accept(): one connection that sends nothing would hold
+        # up every other. Each connection is greeted on its own thread, with a deadline.
+        self.listener = Listener((host, port))
         self.address: tuple[str, int] = self.listener.address
+        self.key, self.nnodes = key, nnodes
         self.on_join = on_join
         self.workers: dict[int, Worker] = {}
         self._hellos: dict[tuple[str, int], tuple[Connection, int]] = {}
@@ -129,41 +171,72 @@ class Nodes:
             self.listener.close()
         with self._changed:
             for w in self.workers.values():
-                w.conn.close()
+                hang_up(w.conn)
             for conn, _ in self._hellos.values():
-                conn.close()
+                hang_up(conn)
             self._changed.notify_all()
 
     def _accept(self) -> None:
         while not self._closed:
             try:
-                conn = self.listener.accept()  # the HMAC challenge: a wrong key raises here
+                conn = self.listener.accept()
             except OSError:
                 if self._closed:
                     return
                 continue
-            except Exception as e:  # AuthenticationError, or a peer gone mid-challenge
-                log.warning("nodes: refused a connection: %s", e)
-                continue
-            try:
-                msg = conn.recv() if conn.poll(HELLO_TIMEOUT_S) else None
-            except (EOFError, OSError):
-                msg = None
-            with self._changed:
-                if isinstance(msg, Join):
-                    old = self.workers.get(msg.node)
-                    if old is not None:
-                        old.conn.close()
-                    self.workers[msg.node] = Worker(msg.node, conn)
-                    log.warning("nodes: node %d joined (worker pid %d)", msg.node, msg.pid)
-                elif isinstance(msg, Hello):
-                    self._hellos[(msg.generation, msg.rank)] = (conn, msg.pid)
-                else:
-                    conn.close()
-                    continue
-                self._changed.notify_all()
+            greet = threading.Thread(target=self._greet, args=(conn,), daemon=True)
+            greet.start()
+
+    def _greet(self, conn: Connection) -> None:
+        """The HMAC challenge both ways, then who it is: a worker joining or a rank."""
+        try:
+            _read_timeout(conn, HELLO_TIMEOUT_S)
+            deliver_challenge(conn, self.key)  # a wrong key raises AuthenticationError here
+            answer_challenge(conn, self.key)
+            msg = conn.recv()
+            _read_timeout(conn, 0)
+        except Exception as e:  # a wrong key, a peer gone, silent or too slow
+            why = f"nothing within {HELLO_TIMEOUT_S:g}s" if isinstance(e, BlockingIOError) else e
+            log.warning("nodes: refused a connection: %s", why or type(e).__name__)
+            hang_up(conn)
+            return
+        with self._changed:
             if isinstance(msg, Join):
-                self.on_join()
+                refused = self._refusal(msg)
+                if refused:
+                    log.warning("nodes: refused a worker as node %d: %s", msg.node, refused)
+                    with contextlib.suppress(OSError):
+                        conn.send(Refused(refused))
+                    hang_up(conn)
+                    return
+                old = self.workers.get(msg.node)
+                if old is not None:
+                    hang_up(old.conn)  # gone already (see _refusal): wake whoever waits on it
+                keep_alive(conn)
+                self.workers[msg.node] = Worker(msg.node, msg.pid, conn)
+                log.warning("nodes: node %d joined (worker pid %d)", msg.node, msg.pid)
+            elif isinstance(msg, Hello):
+                keep_alive(conn)
+                self._hellos[(msg.generation, msg.rank)] = (conn, msg.pid)
+            else:
+                hang_up(conn)
+                return
+            self._changed.notify_all()
+        if isinstance(msg, Join):
+            self.on_join()
+
+    def _refusal(self, join: Join) -> str:
+        """Why this worker may not join (empty: it may). Called holding the lock."""
+        if join.nnodes != self.nnodes:
+            return f"this front spans {self.nnodes} nodes, not {join.nnodes} (--nnodes)"
+        if not 1 <= join.node < self.nnodes:
+            return f"node {join.node} is not one of 1 to {self.nnodes - 1} (--node-rank)"
+        old = self.workers.get(join.node)
+        if old is not None:
+            old.poll()
+            if not old.gone:
+                return f"node {join.node} already has a worker (pid {old.pid}); stop that one first"
+        return ""
 
     def wait_for(self, nodes: range, timeout: float) -> bool:
         """Whether every node in `nodes` has a worker connected within `timeout` seconds."""
@@ -212,22 +285,14 @@ class Nodes:
             return out
 
 
-def await_workers(
-    master: tuple[str, int],
-    key: bytes,
-    nnodes: int,
-    world: int,
-    timeout: float,
-    on_join: Callable[[], None],
+def listen(
+    master: tuple[str, int], key: bytes, nnodes: int, world: int, on_join: Callable[[], None]
 ) -> Nodes:
-    """Listen at `master` for the other hosts' workers; the listener once every one joined."""
+    """Listen at `master` for the other hosts' workers (the caller waits for them)."""
     if not key:
         raise EngineStartError("ranks on other hosts need a cluster key (--cluster-key)")
     if world % nnodes:
         raise EngineStartError(f"world_size {world} does not split into {nnodes} nodes evenly")
-    nodes = Nodes(*master, key, on_join=on_join)
+    nodes = Nodes(*master, key, nnodes, on_join=on_join)
     log.warning("waiting for %d worker(s) on %s:%d", nnodes - 1, *nodes.address)
-    if not nodes.wait_for(range(1, nnodes), timeout):
-        nodes.close()
-        raise EngineStartError(f"workers did not join within {timeout:g}s")
     return nodes
