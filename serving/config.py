@@ -152,6 +152,14 @@ def _check_plan(spec: ModelSpec) -> None:
                     )
         plan = table_plan(spec, t)
         if plan.kind != "column_wise":
+            # One shard of the whole dim, in the same kernels as column shards (an odd int8
+            # dim failed deep in FBGEMM's quantization).
+            if t.embedding_dim % WIDTH_MULTIPLE:
+                raise ValueError(
+                    f"table '{t.name}': table-wise shard width (embedding_dim) "
+                    f"{t.embedding_dim} is not a multiple of {WIDTH_MULTIPLE} (FBGEMM's fused "
+                    "sequence kernel)"
+                )
             continue
         n = len(plan.shards)
         if t.embedding_dim % n:
@@ -218,7 +226,7 @@ def parse_spec(raw: dict[str, Any], source: str = "model spec") -> ModelSpec:
     try:
         return ModelSpec.model_validate(raw)
     except ValidationError as e:
-        raise SpecError(f"{source}: {_one_line(e)}") from None
+        raise SpecError(f"{source}: {_one_line(e, raw)}") from None
 
 
 def with_engine(spec: ModelSpec, kind: EngineKind) -> ModelSpec:
@@ -238,10 +246,22 @@ def resolve_weights(spec: ModelSpec, base: Path) -> ModelSpec:
     return spec.model_copy(update={"weights": WeightsSpec(**fixed)})
 
 
-def _one_line(e: ValidationError) -> str:
+def _one_line(e: ValidationError, raw: Any) -> str:
     parts = []
     for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"])
+        where = [str(x) for x in err["loc"]]
+        if len(where) >= 2 and where[0] == "tables" and where[1].isdigit():
+            where[:2] = [_table_named(raw, int(where[1]))]
+        loc = ".".join(where)
         msg = err["msg"].removeprefix("Value error, ")
         parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)
+
+
+def _table_named(raw: Any, index: int) -> str:
+    """`table 'items'` for tables[index] when it has a name, else `tables.index`."""
+    try:
+        name = raw["tables"][index]["name"]
+    except (KeyError, IndexError, TypeError):
+        name = None
+    return f"table '{name}'" if isinstance(name, str) and name else f"tables.{index}"

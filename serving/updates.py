@@ -1,5 +1,6 @@
 """Weight updates (CONTRACT section 5): a row delta or a full reload, read and checked before
-anything changes. Pure numpy: the engines apply what this module accepts.
+anything changes. numpy only (and the stored dtypes' rule of what they hold): the engines
+apply what this module accepts.
 
 A delta is a safetensors file holding, per table to change, `<table>.ids` (int64 [k], unique,
 in range) and `<table>.rows` (float32 [k, dim], finite: a NaN would reach every client). A
@@ -18,6 +19,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load as load_safetensors
 
 from serving.config import ModelSpec, WeightsSpec
+from serving.engine import stored
 from serving.errors import BadUpdate
 
 
@@ -28,7 +30,6 @@ class TableRows:
 
 
 Delta = dict[str, TableRows]  # table name -> its new rows
-HALF_MAX = float(np.finfo(np.float16).max)
 
 
 def rows_in(delta: Delta) -> int:
@@ -82,12 +83,13 @@ def parse_delta(body: bytes, spec: ModelSpec) -> Delta:
             repeated = unique[counts > 1][0]
             raise BadUpdate(f"delta: '{name}.ids' repeats id {repeated}; ids must be unique")
         finite = np.isfinite(rows).all(axis=1)
-        if table.dtype == "fp16":  # beyond half's range a row would be stored as inf
-            finite &= (np.abs(rows) <= HALF_MAX).all(axis=1)
         if not finite.all():
             row = int(np.flatnonzero(~finite)[0])
-            held = "NaN, inf or beyond fp16's range" if table.dtype == "fp16" else "NaN or inf"
-            raise BadUpdate(f"delta: '{name}.rows' row {row} (id {ids[row]}) holds {held}")
+            raise BadUpdate(f"delta: '{name}.rows' row {row} (id {ids[row]}) holds NaN or inf")
+        beyond = stored.unstorable(rows, table.dtype)
+        if beyond is not None:
+            why = stored.why_unstorable(table.dtype)
+            raise BadUpdate(f"delta: '{name}.rows' row {beyond} (id {ids[beyond]}) {why}")
         delta[name] = TableRows(ids, rows)
     if not rows_in(delta):
         raise BadUpdate("delta: no rows; give at least one id and its row")

@@ -109,6 +109,10 @@ def fill(spec: ModelSpec, shards: list[LocalShard], label: str) -> None:
             table = tables[name]
             first, end = min(s.rows[0] for s in mine), max(s.rows[1] for s in mine)
             for at, rows in source_chunks(spec, table, first, end):
+                bad = stored.unstorable(rows.numpy(), table.dtype)
+                if bad is not None:
+                    why = stored.why_unstorable(table.dtype)
+                    raise SpecError(f"table '{name}': weights row {at + bad} {why}")
                 encoded = stored.encode(rows, table.dtype)
                 for s in mine:
                     bar.update(4 * s.write(at, encoded))

@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from serving.config import ModelSpec, WeightsSpec
 from serving.engine import stored, weights
 from serving.engine.local.engine import LocalEngine
+from serving.errors import EngineStartError
 from tests.distributed.plans import requests, spec
 from tests.reference import assert_exact
 
@@ -95,6 +96,18 @@ def test_fp16_rows_are_the_float32_rows_rounded_to_half(tmp_path: Path) -> None:
     rows = torch.randn(700, 32, generator=torch.Generator().manual_seed(2))
     got, rows = answers_and_rows("fp16", rows, tmp_path)
     assert torch.equal(got, rows.half().float())
+
+
+@pytest.mark.parametrize(("dtype", "value"), [("int8", 1e5), ("fp16", -7e4), ("int8", np.nan)])
+def test_weights_that_fp16_cannot_hold_are_refused_at_load(
+    dtype: str, value: float, tmp_path: Path
+) -> None:
+    # An int8 row with a value beyond fp16's range would be served all NaN (its fp16 bias
+    # overflows), an fp16 one inf: the load refuses them, naming the table and the row.
+    rows = torch.zeros(700, 32)
+    rows[123, 5] = value
+    with pytest.raises(EngineStartError, match=r"table 'items': weights row 123 holds NaN, inf"):
+        answers_and_rows(dtype, rows, tmp_path)
 
 
 RESIDENT = """

@@ -83,7 +83,7 @@ def test_table_wise_stands_in_for_column_wise() -> None:
         ({"tables__1__num_embeddings": 0}, "table 'cats': num_embeddings must be >= 1"),
         (
             {"tables__1__dtype": "int4"},
-            "tables.1.dtype: Input should be 'fp32', 'fp16' or 'int8'",
+            "table 'cats'.dtype: Input should be 'fp32', 'fp16' or 'int8'",
         ),
         ({"tables__1__features": ["a"]}, "table 'cats': feature 'a' is already served by table"),
         ({"tables__1__name": "items"}, "table 'items': table names must be unique"),
@@ -130,7 +130,12 @@ def test_table_wise_stands_in_for_column_wise() -> None:
         ({"sharding__tables__items": {"column_wise": []}}, "column_wise needs at least one rank"),
         ({"weights": {}}, "weights: give exactly one of 'safetensors' or 'dcp'"),
         ({"sharding__world_size": 0}, "sharding.world_size: Input should be greater than"),
-        ({"tables__0__bogus": 1}, "tables.0.bogus: Extra inputs are not permitted"),
+        ({"tables__0__bogus": 1}, "table 'items'.bogus: Extra inputs are not permitted"),
+        ({"tables__1__dtype": "INT8"}, "table 'cats'.dtype: Input should be 'fp32', 'fp16' or"),
+        (
+            {"sharding__tables__items": {"table_wise": 0}, "tables__0__embedding_dim": 6},
+            "table 'items': table-wise shard width (embedding_dim) 6 is not a multiple of 4",
+        ),
         (
             {"sharding__engine": "dmp"},
             "sharding.engine: Input should be 'local' or 'distributed'",

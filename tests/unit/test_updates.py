@@ -126,13 +126,17 @@ def test_a_reload_names_one_path() -> None:
             parse_reload(body)
 
 
-def test_a_half_table_refuses_rows_beyond_halfs_range() -> None:
-    half = spec(1, 0, [("h", 10, ["h"], 0, 4, "fp16")])
-    ok = parse_delta(delta(**{"h.ids": ids(1), "h.rows": np.full((1, 4), 65504, np.float32)}), half)
-    assert rows_in(ok) == 1
-    big = delta(**{"h.ids": ids(1, 2), "h.rows": np.full((2, 4), 7e4, np.float32)})
-    with pytest.raises(BadUpdate, match=re.escape("row 0 (id 1) holds NaN, inf or beyond fp16")):
-        parse_delta(big, half)
+@pytest.mark.parametrize("dtype", ["fp16", "int8"])
+def test_fp16_and_int8_tables_refuse_rows_beyond_halfs_range(dtype: str) -> None:
+    half = spec(1, 0, [("h", 10, ["h"], 0, 4, dtype)])
+    edge = np.full((1, 4), -65504, np.float32)
+    assert rows_in(parse_delta(delta(**{"h.ids": ids(1), "h.rows": edge}), half)) == 1
+    big = rows(2, 4)
+    big[1, 2] = 7e4
+    with pytest.raises(BadUpdate, match=re.escape("row 1 (id 2) holds NaN, inf or a value")):
+        parse_delta(delta(**{"h.ids": ids(1, 2), "h.rows": big}), half)
+    fp32 = spec(1, 0, [("h", 10, ["h"], 0, 4)])
+    assert rows_in(parse_delta(delta(**{"h.ids": ids(1, 2), "h.rows": big}), fp32)) == 2
 
 
 def test_a_reload_path_in_a_symlink_loop_is_a_bad_update(tmp_path: Path) -> None:
