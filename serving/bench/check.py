@@ -24,8 +24,12 @@ MAX_EXAMPLES = 5
 
 
 def feature_bits(spec: ModelSpec, tables: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]:
-    """Feature -> its whole table as uint32 [rows, dim]; `tables` from weights.full_tables."""
-    bits = {n: t.contiguous().numpy().view(np.uint32) for n, t in tables.items()}
+    """Feature -> its whole table, as answers carry it (fp16 and int8 tables dequantized), as
+    uint32 [rows, dim]; `tables` the float32 weights, from weights.full_tables."""
+    from serving.engine.model import served_tables
+
+    served = served_tables(spec, tables)
+    bits = {n: t.contiguous().numpy().view(np.uint32) for n, t in served.items()}
     return {f: bits[t.name] for f, t in spec.table_of().items()}
 
 

@@ -83,6 +83,25 @@ def unsharded(spec: ModelSpec, weights: Mapping[str, torch.Tensor]) -> Unsharded
     return Unsharded(spec, weights)
 
 
+def served_tables(spec: ModelSpec, weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Every table's rows as answers carry them, from its float32 `weights`: fp32 as given,
+    fp16 and int8 as TorchRec's quantized collection reads every row back (what both engines
+    answer, bit for bit). For checking answers; it builds the reference, whole tables."""
+    out = {t.name: weights[t.name] for t in spec.tables if t.dtype == "fp32"}
+    quantized = [t for t in spec.tables if t.dtype != "fp32"]
+    if not quantized:
+        return out
+    asked = {t.features[0]: t for t in quantized}  # one feature reads each table whole
+    keys = [f for t in spec.tables for f in t.features]
+    lengths = [asked[k].num_embeddings if k in asked else 0 for k in keys]
+    values = torch.cat([torch.arange(asked[k].num_embeddings) for k in keys if k in asked])
+    kjt = KeyedJaggedTensor(keys=keys, values=values, lengths=torch.tensor(lengths))
+    with torch.no_grad():
+        rows = Unsharded(spec, weights)(kjt)
+    out.update({t.name: rows[f].values().float() for f, t in asked.items()})
+    return out
+
+
 @dataclass(frozen=True)
 class LocalShard:
     table: str  # spec name

@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from serving.config import ModelSpec, WeightsSpec
 from serving.engine import stored, weights
 from serving.engine.local.engine import LocalEngine
+from serving.engine.model import served_tables
 from serving.errors import EngineStartError
 from tests.distributed.plans import requests, spec
 from tests.reference import assert_exact
@@ -96,6 +97,19 @@ def test_fp16_rows_are_the_float32_rows_rounded_to_half(tmp_path: Path) -> None:
     rows = torch.randn(700, 32, generator=torch.Generator().manual_seed(2))
     got, rows = answers_and_rows("fp16", rows, tmp_path)
     assert torch.equal(got, rows.half().float())
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "int8"])
+def test_served_tables_are_the_rows_the_engine_answers(dtype: str) -> None:
+    # What `seqserve bench` and the soak check answers against, for quantized tables too.
+    s = placed(3, [2, 0, 1, 1, 0, 2, 1, 0], dtype)
+    served = served_tables(s, weights.full_tables(s))
+    with LocalEngine(s, device="cpu") as engine:
+        (answer,) = engine.forward([{"a": np.arange(700), "c": np.arange(11)}])
+    for feature, table in (("a", "items"), ("c", "other")):
+        want = served[table].numpy()
+        assert want.dtype == np.float32
+        assert np.array_equal(answer[feature].view(np.uint32), want.view(np.uint32)), feature
 
 
 @pytest.mark.parametrize(("dtype", "value"), [("int8", 1e5), ("fp16", -7e4), ("int8", np.nan)])
