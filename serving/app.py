@@ -149,10 +149,10 @@ def create_app(
         """A row delta (safetensors) or a full reload ({"safetensors"|"dcp": PATH}); the reply
         comes once every rank serves the new version."""
         service.model(model)
-        content_type = request.headers.get("content-type", "")
-        service.change_kind(content_type)  # refused (403, 415) before a large body is read
+        # Refused (403, 415) before a large body is read.
+        kind = service.change_kind(request.headers.get("content-type", ""))
         body = await body_within(request, settings.max_update_bytes)
-        changed = await service.change(body, content_type)
+        changed = await service.change(body, kind)
         return {"version": changed.version, "rows": changed.rows}
 
     @app.get("/metrics", response_class=Response)

@@ -197,14 +197,14 @@ class Service:
 
     # -- weight updates -------------------------------------------------------------------
 
-    async def change(self, body: bytes, content_type: str, source: str = "http") -> Changed:
-        """Apply a row delta (safetensors) or a full reload (JSON naming a path on the server).
+    async def change(self, body: bytes, kind: str, source: str = "http") -> Changed:
+        """Apply a row delta (`kind` "delta": safetensors) or a full reload ("reload": JSON
+        naming a path on the server); `kind` from change_kind, checked before the body is read.
 
         Everything is checked, and a reload loaded beside the served weights, while requests
         go on; then the gate holds new requests back, lets those in flight finish, and the
         change is committed between two batches and the version moves. A rejected update
         (BadUpdate, 400) changes nothing."""
-        kind = self.change_kind(content_type, source)
         async with self._changing:
             self.check_ready()
             try:

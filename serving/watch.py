@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from serving.errors import BadUpdate, EngineUnavailable
-from serving.service import DELTA, Service
+from serving.service import Service
 
 log = logging.getLogger("seqserve")
 
@@ -36,7 +36,7 @@ async def apply_file(service: Service, path: Path, applied: Path, rejected: Path
     """Apply one file and move it; False if the server cannot take updates right now."""
     try:
         body = await asyncio.to_thread(path.read_bytes)
-        changed = await service.change(body, DELTA, source=f"updates-dir {path.name}")
+        changed = await service.change(body, "delta", source=f"updates-dir {path.name}")
     except EngineUnavailable:
         return False
     except Exception as e:  # a bad file must not stop the folder: set it aside, go on

@@ -139,8 +139,11 @@ class DistributedEngine(Supervised):
                 f"world_size {self.world} needs {self.world} GPUs; "
                 f"{torch.cuda.device_count()} found"
             )
-        if self.nnodes > 1:
-            self._await_workers()
+        if self.nnodes > 1:  # listening first, so that close() can end the wait
+            self.nodes = listen(
+                self.master, self.cluster_key, self.nnodes, self.world, self._retry.set
+            )
+            self.nodes.await_workers(self.start_timeout, self._closing)
         with self._lock:
             if self._state != "stopped":
                 raise EngineStartError("the engine is already started")
@@ -155,18 +158,6 @@ class DistributedEngine(Supervised):
             target=self._supervise, name="seqserve-supervisor", daemon=True
         )
         self._supervisor.start()
-
-    def _await_workers(self) -> None:
-        """Listen for the other hosts' workers until every one has joined, or close()."""
-        nodes = listen(self.master, self.cluster_key, self.nnodes, self.world, self._retry.set)
-        self.nodes = nodes
-        end = time.monotonic() + self.start_timeout
-        while not nodes.wait_for(range(1, self.nnodes), 0.5):
-            if self._closing.is_set() or time.monotonic() > end:
-                nodes.close()
-                if self._closing.is_set():
-                    raise EngineStartError("stopped while waiting for the other hosts' workers")
-                raise EngineStartError(f"workers did not join within {self.start_timeout:g}s")
 
     def close(self) -> None:
         """Stop the supervisor and every rank, also in the middle of a restart."""

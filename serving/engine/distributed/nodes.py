@@ -248,6 +248,17 @@ class Nodes:
                 and not self._closed
             )
 
+    def await_workers(self, timeout: float, stop: threading.Event) -> None:
+        """Until every other node's worker has joined; EngineStartError after `timeout` s,
+        or once `stop` is set (the server stops meanwhile). Closes the listener on failure."""
+        end = time.monotonic() + timeout
+        while not self.wait_for(range(1, self.nnodes), 0.5):
+            if stop.is_set() or time.monotonic() > end:
+                self.close()
+                if stop.is_set():
+                    raise EngineStartError("stopped while waiting for the other hosts' workers")
+                raise EngineStartError(f"workers did not join within {timeout:g}s")
+
     def launch(
         self, generation: str, ranks: dict[int, list[RankArgs]], timeout: float
     ) -> dict[int, tuple[Connection, RemoteRank]]:
