@@ -31,12 +31,12 @@ import numpy as np
 import torch
 
 from serving.bench.reference import unsharded_rows
+from serving.commands.demo import REALISTIC, demo_spec
 from serving.config import ModelSpec, parse_spec
-from serving.demo import REALISTIC, demo_spec
 from serving.engine import model, stored, weights
 from serving.engine.distributed.driver import DistributedEngine
 from serving.engine.local.engine import LocalEngine
-from serving.split import split
+from serving.engine.split import split
 
 PATHS = ("unsharded", "local", "distributed", "index_select_1core")
 

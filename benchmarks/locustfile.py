@@ -35,7 +35,7 @@ def _spec():
     path = os.environ.get("SEQSERVE_BENCH_MODEL")
     if path:
         return load_spec(path)
-    from serving.demo import demo_spec
+    from serving.commands.demo import demo_spec
 
     return demo_spec()
 

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from serving.bench.load import free_port
+from serving.commands.demo import DEMO
 from serving.config import parse_spec
-from serving.demo import DEMO
 from serving.engine.distributed.driver import DistributedEngine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def main() -> None:
         s, threads_per_rank=1, nnodes=2, master=("127.0.0.1", port), cluster_key=KEY.encode()
     )
     worker = subprocess.Popen(
-        [sys.executable, "-m", "serving.cli", "worker", "--master-addr", "127.0.0.1"]
+        [sys.executable, "-m", "serving.commands.cli", "worker", "--master-addr", "127.0.0.1"]
         + ["--master-port", str(port), "--node-rank", "1", "--nnodes", "2", "--cluster-key", KEY],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,

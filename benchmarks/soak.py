@@ -27,7 +27,7 @@ import numpy as np
 
 from serving.bench import HEADERS, ROOT, start_server, stop_server
 from serving.bench.check import feature_bits, mismatch
-from serving.demo import demo_spec
+from serving.commands.demo import demo_spec
 from serving.engine import weights
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from safetensors.numpy import save
 
 from serving.bench.load import free_port, launch, server_command, stop_server
-from serving.demo import DEMO, write_model
+from serving.commands.demo import DEMO, write_model
 
 OCTET = {"Content-Type": "application/octet-stream"}
 DIM = 64

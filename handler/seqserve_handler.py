@@ -21,17 +21,19 @@ import orjson
 import torch
 import torch.distributed as dist
 
-from serving import codec, settings
-from serving.collate import Request, collate
+from serving import settings
 from serving.config import ModelSpec, load_spec
 from serving.engine import weights
-from serving.engine.base import Answer, default_device
+from serving.engine.base import Answer
+from serving.engine.collate import Request, collate
+from serving.engine.devices import default_device
 from serving.engine.distributed import dmp
 from serving.engine.distributed.lookup import idle_batch, lookup, warm_up
 from serving.engine.local.engine import LocalEngine
 from serving.engine.quiet import quiet_torch_logs
+from serving.engine.split import split
 from serving.errors import InvalidInput, SeqServeError, http_status
-from serving.split import split
+from serving.fronts import codec
 
 log = logging.getLogger(__name__)
 

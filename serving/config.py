@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -265,3 +266,23 @@ def _table_named(raw: Any, index: int) -> str:
     except (KeyError, IndexError, TypeError):
         name = None
     return f"table '{name}'" if isinstance(name, str) and name else f"tables.{index}"
+
+
+# -- what each stored dtype holds (also checked on weight updates) --------------------------
+
+HALF_MAX = float(np.finfo(np.float16).max)  # 65504: fp16 rows and int8's scale and bias are fp16
+
+
+def unstorable(rows: np.ndarray, dtype: Dtype) -> int | None:
+    """The first of float32 `rows` [n, dim] that `dtype` cannot hold, or None. fp16 and int8
+    keep fp16 values (the rows, or each row's scale and bias): a value beyond +-65504 would read
+    back as inf (fp16) or turn the whole row to NaN (int8), and a NaN would be lost in int8's
+    scale; so NaN, inf and such values are refused. fp32 holds any row."""
+    if dtype == "fp32":
+        return None
+    fits = (np.abs(rows) <= HALF_MAX).all(axis=1)  # NaN compares False: refused too
+    return None if fits.all() else int(np.flatnonzero(~fits)[0])
+
+
+def why_unstorable(dtype: Dtype) -> str:
+    return f"holds NaN, inf or a value beyond +-65504, which {dtype} storage (fp16) cannot hold"

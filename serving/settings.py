@@ -1,7 +1,7 @@
 """Server settings, declared once: each option's flag, environment variable, default and help.
 
 `OPTIONS` is the only place a default is written. The `seqserve serve` flags, the settings
-objects (`ServerSettings`, `codec.Limits`, `batching.BatchSettings`), docs/http.md's table
+objects (`ServerSettings`, `Limits`, `BatchSettings`), docs/http.md's table
 (`python -m serving.settings`) and the TorchServe template's limits all come from it.
 Precedence: flag, then SEQSERVE_* environment, then the default.
 """
@@ -17,9 +17,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from serving.batching import BatchSettings
-from serving.codec import Limits
 from serving.config import ENGINE_KINDS
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Request size limits; the defaults and help live in `OPTIONS`."""
+
+    max_body_bytes: int
+    max_ids_per_request: int  # summed over every feature and instance of one body
+    max_instances: int
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """What closes a batch; the defaults and help live in `OPTIONS`."""
+
+    max_batch_size: int  # items per batch
+    max_batch_ids: int  # summed cost per batch
+    # How long a batch may wait for more items, counted from its oldest item's arrival: items
+    # that queued while the engine was busy have waited already, so they go at once.
+    max_delay_ms: float
+    # A batch also closes once no item has arrived for this long: a lone request does not wait
+    # out the whole delay, while a burst of arrivals (many clients) still fills the batch.
+    max_gap_ms: float
+    max_queue: int  # items waiting, not counting the batch being processed
+    retry_after_s: float  # advice given with QueueFull
 
 
 @dataclass(frozen=True)

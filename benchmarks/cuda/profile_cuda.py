@@ -12,7 +12,7 @@ import numpy as np
 from torch.profiler import ProfilerActivity, profile
 
 from benchmarks.engine_bench import make_requests
-from serving.demo import demo_spec
+from serving.commands.demo import demo_spec
 from serving.engine.local.engine import LocalEngine
 
 

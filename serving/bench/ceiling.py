@@ -21,9 +21,9 @@ from typing import IO, Any
 
 import numpy as np
 
-from serving import codec
 from serving.bench.load import HEADERS, free_port, launch
 from serving.bench.mix import Pool
+from serving.fronts import codec
 
 WHAT = (
     "a bare ASGI app under uvicorn (uvloop, httptools) in its own process: reads the body, "

@@ -52,7 +52,12 @@ def server_command(
     default 8081 would clash."""
     if front not in FRONTS:
         raise ValueError(f"unknown front {front!r}; use {', '.join(FRONTS)}")
-    cmd = [sys.executable, "-m", "serving.cli", front if front == "torchserve" else "serve"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "serving.commands.cli",
+        front if front == "torchserve" else "serve",
+    ]
     cmd += ["--port", str(port)]
     if front == "fastapi":
         cmd += ["--grpc-port", str(grpc_port if grpc_port is not None else free_port())]
@@ -68,7 +73,7 @@ def auth_headers(front: str, workdir: Path) -> dict[str, str]:
     """TorchServe keeps token authorization on: every call, /ping too, needs the inference key."""
     if front != "torchserve":
         return {}
-    from serving.torchserve import inference_key  # the key file's layout lives there
+    from serving.commands.torchserve import inference_key  # the key file's layout lives there
 
     return {"Authorization": f"Bearer {inference_key(workdir / 'torchserve' / 'key_file.json')}"}
 

@@ -6,7 +6,7 @@
     2-core box two threads are a poor default: with the other core busy, torch's parallel
     regions wait for a descheduled thread and the rate fell 10-50x (0.1-1.5 M ids/s against
     5.5 M on one thread, same run); one thread gives a steady figure.
-(b) the sharded engine with no HTTP: the spec's engine (serving.engine.base.create, local by
+(b) the sharded engine with no HTTP: the spec's engine (serving.engine.factory.create, local by
     default) on the same batches, collate and split included: what the sharded forward costs
     before any front adds its own.
 (c) one core's raw row gather: torch.set_num_threads(1), torch.index_select on a float32
@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torchrec import KeyedJaggedTensor
 
-from serving.collate import Batch, Request, collate
 from serving.config import ModelSpec
+from serving.engine.collate import Batch, Request, collate
 from serving.engine.model import unsharded
 from serving.engine.quiet import quiet_torch_logs
 
@@ -114,7 +114,7 @@ def unsharded_rate(
 def sharded_rate(
     spec: ModelSpec, requests: Sequence[Request], batch: int, seconds: float
 ) -> dict[str, Any]:
-    from serving.engine.base import create
+    from serving.engine.factory import create
 
     engine = create(spec)
     engine.start()

@@ -55,8 +55,8 @@ def _levels(text: str) -> list[int]:
 
 
 def _spec(model: Path | None) -> ModelSpec:
+    from serving.commands.demo import demo_spec
     from serving.config import load_spec
-    from serving.demo import demo_spec
 
     return load_spec(model) if model else demo_spec()
 

@@ -15,8 +15,8 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from serving.config import ModelSpec, TableSpec
-from serving.engine.distributed.dmp import state_key
-from serving.engine.weights import readable_file
+from serving.engine.files import readable_file
+from serving.engine.model import state_key
 from serving.errors import SpecError
 
 

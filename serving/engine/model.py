@@ -132,3 +132,7 @@ class LocalShard:
         if self.scale_shift is not None:
             assert rows.scale_shift is not None, "int8 shard given rows without scales"
             self.scale_shift.index_copy_(0, at, rows.scale_shift.to(self.tensor.device))
+
+
+def state_key(index: int) -> str:
+    return f"embeddings.{internal_name(index)}.weight"

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import fbgemm_gpu  # noqa: F401  (registers torch.ops.fbgemm)
-import numpy as np
 import torch
 from fbgemm_gpu.split_embedding_configs import SparseType
 
@@ -21,22 +20,6 @@ from serving.config import Dtype, ModelSpec
 SPARSE_TYPE = {"fp32": SparseType.FP32, "fp16": SparseType.FP16, "int8": SparseType.INT8}
 TORCH_DTYPE = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.uint8}
 SCALE_SHIFT_BYTES = 4  # int8: an fp16 scale and an fp16 bias per row
-HALF_MAX = float(np.finfo(np.float16).max)  # 65504: fp16 rows and int8's scale and bias are fp16
-
-
-def unstorable(rows: np.ndarray, dtype: Dtype) -> int | None:
-    """The first of float32 `rows` [n, dim] that `dtype` cannot hold, or None. fp16 and int8
-    keep fp16 values (the rows, or each row's scale and bias): a value beyond +-65504 would read
-    back as inf (fp16) or turn the whole row to NaN (int8), and a NaN would be lost in int8's
-    scale; so NaN, inf and such values are refused. fp32 holds any row."""
-    if dtype == "fp32":
-        return None
-    fits = (np.abs(rows) <= HALF_MAX).all(axis=1)  # NaN compares False: refused too
-    return None if fits.all() else int(np.flatnonzero(~fits)[0])
-
-
-def why_unstorable(dtype: Dtype) -> str:
-    return f"holds NaN, inf or a value beyond +-65504, which {dtype} storage (fp16) cannot hold"
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import json
-import os
-import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +18,9 @@ import torch
 from safetensors import safe_open
 from tqdm import tqdm
 
-from serving.config import ModelSpec, TableSpec
-from serving.engine import stored
+from serving.config import ModelSpec, TableSpec, unstorable, why_unstorable
+from serving.engine import dcp, stored
+from serving.engine.files import readable_file
 from serving.engine.model import LocalShard
 from serving.errors import SpecError
 
@@ -37,23 +36,7 @@ def check(spec: ModelSpec) -> None:
     if w.safetensors is not None:
         _check_safetensors(spec, w.safetensors)
     elif w.dcp is not None:
-        from serving.engine import dcp
-
         dcp.check(spec, w.dcp)
-
-
-def readable_file(path: Path, what: str) -> None:
-    """SpecError, in words, unless `path` is a file this process may read."""
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        raise SpecError(f"weights: {what} {path} does not exist") from None
-    except OSError as e:
-        raise SpecError(f"weights: {what} {path} cannot be read: {e.strerror}") from None
-    if not stat.S_ISREG(mode):
-        raise SpecError(f"weights: {what} {path} is not a file")
-    if not os.access(path, os.R_OK):
-        raise SpecError(f"weights: {what} {path} cannot be read: permission denied")
 
 
 def _check_safetensors(spec: ModelSpec, path: Path) -> None:
@@ -109,9 +92,9 @@ def fill(spec: ModelSpec, shards: list[LocalShard], label: str) -> None:
             table = tables[name]
             first, end = min(s.rows[0] for s in mine), max(s.rows[1] for s in mine)
             for at, rows in source_chunks(spec, table, first, end):
-                bad = stored.unstorable(rows.numpy(), table.dtype)
+                bad = unstorable(rows.numpy(), table.dtype)
                 if bad is not None:
-                    why = stored.why_unstorable(table.dtype)
+                    why = why_unstorable(table.dtype)
                     raise SpecError(f"table '{name}': weights row {at + bad} {why}")
                 encoded = stored.encode(rows, table.dtype)
                 for s in mine:

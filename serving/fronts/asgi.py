@@ -10,8 +10,8 @@ from collections.abc import Awaitable, Callable
 
 from starlette.types import Receive, Scope, Send
 
+from serving.core.metrics import Metrics
 from serving.errors import PayloadTooLarge
-from serving.metrics import Metrics
 
 log = logging.getLogger("seqserve")
 

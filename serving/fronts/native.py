@@ -7,17 +7,17 @@ lookups, and every microsecond it spends per request is taken from them. Measure
 through FastAPI's middleware, request, dependency and response layers. Here the body is read
 from `receive`, sequences go straight into the batcher as futures (no task per sequence) and
 the answer goes out in two `send` calls. FastAPI still serves every other path, and documents
-this one in /openapi.json (`serving.app`).
+this one in /openapi.json (`serving.fronts.app`).
 """
 
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from serving import codec
+from serving.core.service import Service
 from serving.errors import SeqServeError, http_status
+from serving.fronts import codec
 from serving.fronts.asgi import Headers, Reply, disconnected, headers_of, read_body, respond, text
-from serving.service import Service
 
 ROUTE = "/predictions/{model}"  # the route's label in the metrics
 PREFIX = "/predictions/"

@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from serving.codec import Limits
 from serving.config import ModelSpec
 from serving.errors import InvalidInput, PayloadTooLarge
+from serving.settings import Limits
 
 Ids = dict[str, np.ndarray]
 

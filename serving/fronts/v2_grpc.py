@@ -11,11 +11,11 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
+from serving.core.service import Service
 from serving.errors import InvalidInput, SeqServeError, http_status
 from serving.fronts import v2
 from serving.fronts.proto import grpc_service_pb2 as pb
 from serving.fronts.proto import grpc_service_pb2_grpc as pb_grpc
-from serving.service import Service
 
 # The one place an error of the taxonomy becomes a gRPC status (its HTTP status -> code).
 CODES = {

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from serving.config import ModelSpec
-from serving.schemas import ids
+from serving.fronts.schemas import ids
 
 ERROR = {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}
 ERRORS = {

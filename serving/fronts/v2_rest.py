@@ -14,11 +14,10 @@ import numpy as np
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from serving import codec
+from serving.core.service import Service
 from serving.errors import InvalidInput, SeqServeError, UnsupportedMediaType, http_status
-from serving.fronts import v2
+from serving.fronts import codec, v2
 from serving.fronts.asgi import Headers, Reply, disconnected, headers_of, read_body, respond
-from serving.service import Service
 
 HEADER_LENGTH = b"inference-header-content-length"
 BINARY = "application/octet-stream"

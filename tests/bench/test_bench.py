@@ -20,9 +20,9 @@ from serving.bench import HEADERS
 from serving.bench.ceiling import typical_answers
 from serving.bench.check import check_single, feature_bits
 from serving.bench.mix import IdDist, LengthDist, Mix, Pool
-from serving.codec import encode
 from serving.config import load_spec
 from serving.engine.weights import full_tables
+from serving.fronts.codec import encode
 from tests.http.server import ROOT, Server
 
 pytestmark = pytest.mark.slow
@@ -31,7 +31,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def bench(*flags: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "serving.cli", "bench", *flags],
+        [sys.executable, "-m", "serving.commands.cli", "bench", *flags],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from serving.cli import build_parser
+from serving.commands.cli import build_parser
 from serving.config import parse_spec
 from serving.settings import OPTIONS
 from tests.deploy import kserve_sdk

@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 
 from serving.config import ModelSpec, parse_spec
-from serving.engine.base import Engine, create
+from serving.engine.base import Engine
+from serving.engine.factory import create
 
 ENGINES = ["local", "distributed"]
 

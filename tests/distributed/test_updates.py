@@ -14,9 +14,9 @@ from safetensors.torch import save_file
 
 from serving.config import ModelSpec, WeightsSpec
 from serving.engine import weights
+from serving.engine.base import Delta, TableRows
 from serving.engine.distributed.driver import DistributedEngine
 from serving.errors import EngineStartError, SpecError
-from serving.updates import Delta, TableRows
 from tests.distributed.plans import ENGINES, engine_for, requests, spec
 from tests.distributed.test_exactness import MIXED, PLANS
 from tests.distributed.test_recovery import until

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from serving.commands.demo import write_model
 from serving.config import ModelSpec, WeightsSpec, load_spec
-from serving.demo import write_model
 from serving.engine import weights
 from serving.engine.distributed.driver import DistributedEngine
 from serving.errors import EngineStartError, SpecError

@@ -15,7 +15,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from serving.torchserve import config_properties
+from serving.commands.torchserve import config_properties
 from tests.docker.files import (
     DOCKER,
     DOCKERFILES,
@@ -94,7 +94,12 @@ def test_the_build_context_leaves_out_the_bulk_of_a_checkout() -> None:
         "seqserve.egg-info/PKG-INFO",
     ):
         assert ignored(rel, rules), rel
-    for rel in ("serving/cli.py", "handler/seqserve_handler.py", "constraints.txt", "README.md"):
+    for rel in (
+        "serving/commands/cli.py",
+        "handler/seqserve_handler.py",
+        "constraints.txt",
+        "README.md",
+    ):
         assert not ignored(rel, rules), rel
 
 

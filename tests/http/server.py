@@ -14,7 +14,7 @@ import numpy as np
 from safetensors.numpy import load_file
 
 from serving.bench import free_port
-from serving.demo import write_model
+from serving.commands.demo import write_model
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,7 +65,7 @@ class Server:
             [
                 sys.executable,
                 "-m",
-                "serving.cli",
+                "serving.commands.cli",
                 "serve",
                 "--model",
                 str(model),

@@ -48,7 +48,7 @@ def test_binding_beyond_127_0_0_1_without_a_token_warns(model_path: Path) -> Non
         [
             sys.executable,
             "-m",
-            "serving.cli",
+            "serving.commands.cli",
             "serve",
             "--model",
             str(model_path),

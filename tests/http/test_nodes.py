@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from serving.demo import write_model
+from serving.commands.demo import write_model
 from tests.http.server import MODEL, ROOT, Server, free_port, same_bits
 
 pytestmark = pytest.mark.slow
@@ -38,7 +38,7 @@ REQUEST = {"item_id": [3, 17, 17, 0, 4999], "category_id": [5, 49], "shop_id": [
 
 def worker(port: int, key: str = KEY, nnodes: int = 2) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "serving.cli", "worker", "--master-addr", "127.0.0.1"]
+        [sys.executable, "-m", "serving.commands.cli", "worker", "--master-addr", "127.0.0.1"]
         + ["--master-port", str(port), "--node-rank", "1", "--nnodes", str(nnodes)]
         + ["--cluster-key", key],
         cwd=ROOT,

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from serving.commands.demo import REALISTIC, write_model
 from serving.config import load_spec
-from serving.demo import REALISTIC, write_model
 from serving.engine import weights
 from tests.http.server import ROOT, Server
 from tests.reference import expected
@@ -114,7 +114,7 @@ def test_models_reports_each_tables_dtype_and_bytes_per_rank(served: Server) -> 
 
 def test_the_distributed_engine_refuses_it_with_one_line(model: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "serving.cli", "serve", "--model", str(model)]
+        [sys.executable, "-m", "serving.commands.cli", "serve", "--model", str(model)]
         + ["--engine", "distributed", "--port", "0"],
         cwd=ROOT,
         capture_output=True,

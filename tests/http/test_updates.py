@@ -230,7 +230,7 @@ def test_the_token_guards_updates_and_an_exposed_server_needs_one(model_path: Pa
     finally:
         guarded.close()
     out = subprocess.run(
-        [sys.executable, "-m", "serving.cli", "serve", "--model", str(model_path)]
+        [sys.executable, "-m", "serving.commands.cli", "serve", "--model", str(model_path)]
         + ["--host", "0.0.0.0", "--allow-updates"],
         cwd=ROOT,
         capture_output=True,
@@ -250,7 +250,7 @@ def test_seqserve_update_pushes_a_delta_and_a_reload(updatable: Server, tmp_path
 
     def update(*flags: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "serving.cli", "update", "--url", updatable.url]
+            [sys.executable, "-m", "serving.commands.cli", "update", "--url", updatable.url]
             + ["--model", "small", *flags],
             cwd=ROOT,
             capture_output=True,

@@ -223,7 +223,7 @@ def test_a_grpc_port_in_use_stops_the_server_with_one_line(model_path: Path) -> 
         taken.listen()
         port = taken.getsockname()[1]
         run = subprocess.run(
-            [sys.executable, "-m", "serving.cli", "serve", "--model", str(model_path),
+            [sys.executable, "-m", "serving.commands.cli", "serve", "--model", str(model_path),
              "--port", str(free_port()), "--grpc-port", str(port)],
             cwd=ROOT, capture_output=True, text=True, timeout=120,
         )  # fmt: skip

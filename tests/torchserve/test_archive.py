@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from serving.commands.torchserve import archive
 from serving.config import load_spec
-from serving.torchserve import archive
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,8 +51,8 @@ def test_a_distributed_spec_archives_for_torchrun(tmp_path: Path) -> None:
 
 
 def test_archive_refuses_a_bad_spec(tmp_path: Path) -> None:
+    from serving.commands.demo import demo_spec
     from serving.config import WeightsSpec
-    from serving.demo import demo_spec
     from serving.errors import SpecError
 
     spec = demo_spec().model_copy(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from serving.torchserve import inference_key
+from serving.commands.torchserve import inference_key
 from tests.http.server import ROOT, free_port
 
 
@@ -23,7 +23,7 @@ class TorchServe:
         cmd = [
             sys.executable,
             "-m",
-            "serving.cli",
+            "serving.commands.cli",
             "torchserve",
             "--model",
             str(model),

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from serving.batching import Batcher, BatchSettings
+from serving.core.batching import Batcher
 from serving.errors import DeadlineExceeded, EngineUnavailable, QueueFull
-from serving.settings import defaults
+from serving.settings import BatchSettings, defaults
 
 NEVER = 60_000.0  # ms: a delay no test waits for: batches must close for another reason
 

@@ -8,13 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-from serving.cli import main
+from serving.commands.cli import main
 from serving.config import load_spec
 
 
 def seqserve(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "serving.cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "serving.commands.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -43,7 +46,7 @@ def test_help_and_a_bad_flag() -> None:
 
 
 def test_the_demo_uses_every_gpu_when_there_are_some() -> None:
-    from serving.demo import demo_spec
+    from serving.commands.demo import demo_spec
 
     assert demo_spec().sharding.world_size == 2
     for gpus in (1, 3, 8, 20):

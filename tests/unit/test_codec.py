@@ -1,4 +1,4 @@
-"""serving.codec: HTTP bodies in both media types, every client error, exact float32 JSON."""
+"""serving.fronts.codec: HTTP bodies in both media types, every client error, exact float32 JSON."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from serving.codec import Decoded, Limits, decode
 from serving.config import parse_spec
 from serving.errors import InvalidInput, PayloadTooLarge, SeqServeError, UnsupportedMediaType
-from serving.settings import defaults
+from serving.fronts.codec import Decoded, decode
+from serving.settings import Limits, defaults
 
 SPEC = parse_spec(
     {

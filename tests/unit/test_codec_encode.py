@@ -9,7 +9,7 @@ import numpy as np
 import orjson
 import pytest
 
-from serving.codec import MSGPACK, encode, encode_error
+from serving.fronts.codec import MSGPACK, encode, encode_error
 
 
 def answer(seed: int, **rows: int) -> dict[str, np.ndarray]:
@@ -88,7 +88,7 @@ def test_json_floats_round_trip_bit_for_bit_through_a_double_parser() -> None:
 
 
 def test_orjson_float32_printing_alone_would_not_round_trip() -> None:
-    # Why encode does not hand orjson the float32 array itself (see serving/codec.py).
+    # Why encode does not hand orjson the float32 array itself (see serving/fronts/codec.py).
     trap = np.array([DOUBLE_ROUNDING_TRAP], np.uint32).view(np.float32)
     printed = orjson.dumps(trap, option=orjson.OPT_SERIALIZE_NUMPY)
     assert printed == b"[7.038531e-26]"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serving.collate import collate, slices
+from serving.engine.collate import collate, slices
+from serving.engine.split import split
 from serving.errors import InvalidInput
-from serving.split import split
 
 KEYS = ("a", "b", "c")
 ROWS = {"a": 100, "b": 100, "c": 10}

@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-from serving.demo import demo_spec
+from serving.commands.demo import demo_spec
+from serving.core.metrics import Metrics
+from serving.core.service import Service
 from serving.fronts.native import ROUTE, Predictions
-from serving.metrics import Metrics
-from serving.service import Service
 from serving.settings import defaults
 
 SPEC = demo_spec()

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from safetensors.numpy import save
 
+from serving.core.gate import Gate
+from serving.core.updates import parse_delta, parse_reload, rows_in
 from serving.errors import BadUpdate
-from serving.gate import Gate
-from serving.updates import parse_delta, parse_reload, rows_in
 from tests.distributed.plans import spec
 
 SPEC = spec(2, 0, [("items", 100, ["a"], [0, 1], 8), ("cats", 10, ["c"], 1, 4, "int8")])

@@ -11,7 +11,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from serving.engine import dcp as checkpoints
-from serving.engine.weights import readable_file
+from serving.engine.files import readable_file
 from serving.errors import SpecError
 from tests.distributed.plans import spec
 

@@ -18,7 +18,7 @@ from torchrec.distributed.sharding_plan import (
 from torchrec.distributed.types import ShardingEnv, ShardingPlan
 
 from serving.config import ModelSpec
-from serving.engine.model import LocalShard, embedding_configs, internal_name
+from serving.engine.model import LocalShard, embedding_configs, internal_name, state_key
 
 # `dense` aborts with heap corruption on this stack; `fused` is FBGEMM's table-batched kernel.
 KERNEL = "fused"
@@ -56,7 +56,3 @@ def local_shards(spec: ModelSpec, model: torch.nn.Module) -> Iterator[LocalShard
         for s in state[state_key(i)].local_shards():
             (r0, c0), (nr, nc) = s.metadata.shard_offsets, s.metadata.shard_sizes
             yield LocalShard(t.name, (r0, r0 + nr), (c0, c0 + nc), s.tensor)
-
-
-def state_key(index: int) -> str:
-    return f"embeddings.{internal_name(index)}.weight"

@@ -14,17 +14,18 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from serving import collate as collate_lib
-from serving.collate import Batch, Request
 from serving.config import EngineKind, ModelSpec, WeightsSpec, with_engine
-from serving.engine import weights
-from serving.engine.base import Commit, default_device
+from serving.engine import collate as collate_lib
+from serving.engine import describe, weights
+from serving.engine.base import Commit, Delta
+from serving.engine.collate import Batch, Request
+from serving.engine.devices import default_device
 from serving.engine.distributed import rank as rank_lib
 from serving.engine.distributed.group import Backoff, GroupFailed, RankGroup, RestartAttempt
 from serving.engine.distributed.lookup import idle_batch
@@ -32,9 +33,8 @@ from serving.engine.distributed.nodes import Nodes, listen
 from serving.engine.distributed.supervisor import Supervised
 from serving.engine.distributed.transport import Done, Forward, Ready, Update
 from serving.engine.layout import Layout
+from serving.engine.split import split
 from serving.errors import EngineStartError, EngineUnavailable
-from serving.split import split
-from serving.updates import Delta
 
 log = logging.getLogger("seqserve")
 
@@ -338,18 +338,21 @@ class DistributedEngine(Supervised):
 
         return commit
 
-    def describe(self) -> dict[str, object]:
+    def describe(self) -> dict[str, Any]:
         devices = {r: f"cuda:{r}" if self.device == "cuda" else "cpu" for r in range(self.world)}
-        return {
-            "engine": self.kind,
-            "device": self.device,
-            "dispatch": self.dispatch,
-            "nnodes": self.nnodes,
-            "rank_devices": devices,
-            "ranks": [
-                {"rank": r, "device": devices[r], "pid": pid} for r, pid in enumerate(self.pids)
-            ],
-        }
+        return describe.model(
+            self.spec,
+            {
+                "engine": self.kind,
+                "device": self.device,
+                "dispatch": self.dispatch,
+                "nnodes": self.nnodes,
+                "rank_devices": devices,
+                "ranks": [
+                    {"rank": r, "device": devices[r], "pid": pid} for r, pid in enumerate(self.pids)
+                ],
+            },
+        )
 
     def _check_serving(self) -> None:
         if self._state == "restarting":

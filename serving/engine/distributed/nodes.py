@@ -1,6 +1,6 @@
 """Ranks on other hosts: the front listens for `seqserve worker`s and their ranks.
 
-A worker (one per other host, `serving/worker.py`) connects to the front's `--master-port`
+A worker (one per other host, `serving/commands/worker.py`) connects to the front's `--master-port`
 and says which node it is. When the driver starts a generation, it sends each worker the
 arguments of that node's ranks; the worker spawns them, and each rank connects back to the
 same port with its own connection, over which it is driven like a local rank (Ready, Forward,

@@ -23,17 +23,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from serving import collate as collate_lib
 from serving.config import EngineKind, ModelSpec, WeightsSpec
-from serving.engine import stored, weights
-from serving.engine.base import Answer, Commit, Request, default_device, gpu_count
+from serving.engine import collate as collate_lib
+from serving.engine import describe, stored, weights
+from serving.engine.base import Answer, Commit, Delta
+from serving.engine.collate import Request
+from serving.engine.devices import default_device, gpu_count
 from serving.engine.layout import Layout
 from serving.engine.local.answers import AnswerBuffers
 from serving.engine.local.kernel import Kernel
 from serving.engine.local.placement import kernel_plans
+from serving.engine.split import split
 from serving.errors import EngineStartError, EngineUnavailable
-from serving.split import split
-from serving.updates import Delta
 
 # From this many looked-up rows per batch, the kernels run on the thread pool (measured with
 # benchmarks/engine_bench.py: at 256 requests, ~31k rows, in turn was faster; at 4096,
@@ -280,9 +281,10 @@ class LocalEngine:
                     "shards": sum(len(p.shards) for p in k.plan.pieces),
                 }
             )
-        return {
+        served = {
             "engine": self.kind,
             "device": self.device,
             "rank_devices": {r: str(d) for r, d in self._rank_device.items()},
             "ranks": [ranks[r] for r in sorted(ranks)],
         }
+        return describe.model(self.spec, served)

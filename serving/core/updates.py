@@ -9,7 +9,6 @@ reload names new weights on the server: `{"safetensors": PATH}` or `{"dcp": PATH
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +17,9 @@ import orjson
 from safetensors import SafetensorError
 from safetensors.numpy import load as load_safetensors
 
-from serving.config import ModelSpec, WeightsSpec
-from serving.engine import stored
+from serving.config import ModelSpec, WeightsSpec, unstorable, why_unstorable
+from serving.engine.base import Delta, TableRows
 from serving.errors import BadUpdate
-
-
-@dataclass(frozen=True)
-class TableRows:
-    ids: np.ndarray  # int64 [k], unique, in [0, num_embeddings)
-    rows: np.ndarray  # float32 [k, embedding_dim]
-
-
-Delta = dict[str, TableRows]  # table name -> its new rows
 
 
 def rows_in(delta: Delta) -> int:
@@ -86,9 +76,9 @@ def parse_delta(body: bytes, spec: ModelSpec) -> Delta:
         if not finite.all():
             row = int(np.flatnonzero(~finite)[0])
             raise BadUpdate(f"delta: '{name}.rows' row {row} (id {ids[row]}) holds NaN or inf")
-        beyond = stored.unstorable(rows, table.dtype)
+        beyond = unstorable(rows, table.dtype)
         if beyond is not None:
-            why = stored.why_unstorable(table.dtype)
+            why = why_unstorable(table.dtype)
             raise BadUpdate(f"delta: '{name}.rows' row {beyond} (id {ids[beyond]}) {why}")
         delta[name] = TableRows(ids, rows)
     if not rows_in(delta):

@@ -21,7 +21,7 @@ from typing import ClassVar
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from serving.codec import encode_error
+from serving.fronts.codec import encode_error
 
 
 def http_protocol(read_timeout_s: float, max_connections: int) -> type[asyncio.Protocol]:

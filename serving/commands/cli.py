@@ -7,25 +7,25 @@ import sys
 from pathlib import Path
 
 from serving.bench.options import add_flags as bench_flags
+from serving.commands.update import add_flags as update_flags
+from serving.commands.worker import add_flags as worker_flags
 from serving.config import ModelSpec
 from serving.errors import SeqServeError
 from serving.settings import add_flags
-from serving.update_cli import add_flags as update_flags
-from serving.worker import add_flags as worker_flags
 
 
 def _demo_model(args: argparse.Namespace) -> None:
-    from serving.demo import DEMO, REALISTIC, write_model
+    from serving.commands.demo import DEMO, REALISTIC, write_model
 
     path = write_model(Path(args.dir), REALISTIC if args.realistic else DEMO)
     print(f"wrote {path} and {path.parent / 'weights.safetensors'}")
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from serving.commands.demo import demo_spec
+    from serving.commands.serve import serve
     from serving.config import load_spec
-    from serving.demo import demo_spec
-    from serving.engine.base import gpu_count
-    from serving.server import serve
+    from serving.engine.devices import gpu_count
     from serving.settings import from_args
 
     settings = from_args(args)
@@ -34,14 +34,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _spec(args: argparse.Namespace) -> ModelSpec:
+    from serving.commands.demo import demo_spec
     from serving.config import load_spec
-    from serving.demo import demo_spec
 
     return load_spec(args.model) if args.model else demo_spec()
 
 
 def _archive(args: argparse.Namespace) -> None:
-    from serving.torchserve import archive
+    from serving.commands.torchserve import archive
 
     mar = archive(
         _spec(args),
@@ -53,7 +53,7 @@ def _archive(args: argparse.Namespace) -> None:
 
 
 def _torchserve(args: argparse.Namespace) -> int:
-    from serving.torchserve import run
+    from serving.commands.torchserve import run
 
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -76,13 +76,13 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _update(args: argparse.Namespace) -> int:
-    from serving.update_cli import run
+    from serving.commands.update import run
 
     return run(args)
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from serving.worker import run
+    from serving.commands.worker import run
 
     return run(args)
 

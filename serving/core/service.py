@@ -18,8 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from serving import updates
-from serving.batching import Batcher
+from serving.core import updates
+from serving.core.batching import Batcher
+from serving.core.gate import Gate
+from serving.core.metrics import Metrics
 from serving.engine.base import Answer, Commit, Engine
 from serving.errors import (
     BadUpdate,
@@ -31,8 +33,6 @@ from serving.errors import (
     UnsupportedMediaType,
     UpdatesDisabled,
 )
-from serving.gate import Gate
-from serving.metrics import Metrics
 from serving.settings import ServerSettings
 
 log = logging.getLogger("seqserve")

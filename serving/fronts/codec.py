@@ -15,20 +15,12 @@ import orjson
 
 from serving.config import ModelSpec
 from serving.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from serving.settings import Limits
 
 JSON = "application/json"
 MSGPACK = "application/msgpack"
 MSGPACK_TYPES = (MSGPACK, "application/x-msgpack")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Request size limits; the defaults and help live in `serving.settings.OPTIONS`."""
-
-    max_body_bytes: int
-    max_ids_per_request: int  # summed over every feature and instance of one body
-    max_instances: int
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Request and response shapes for the OpenAPI document.
 
-Bodies are decoded and validated by `serving.codec` (fast, and the same for JSON and msgpack);
-these schemas tell /docs and schema-driven clients what the contract is. They are written
+Bodies are decoded and validated by `serving.fronts.codec` (fast, and the same for JSON and
+msgpack); these schemas tell /docs and schema-driven clients what the contract is. They are written
 inline, without $ref, so every schema stands alone inside the OpenAPI document.
 """
 

@@ -1,56 +1,21 @@
-"""Run the FastAPI front under uvicorn: the `seqserve serve` command's body."""
+"""`seqserve serve`: check the weights, build the engine, and run the FastAPI front under
+uvicorn until SIGTERM."""
 
 from __future__ import annotations
 
 import gc
-import json
-import resource
 import signal
 import sys
 
 import uvicorn
 
-from serving.app import create_app
 from serving.config import ModelSpec
-from serving.connections import http_protocol
 from serving.engine import weights
-from serving.engine.base import create
+from serving.engine.factory import create
+from serving.fronts.app import create_app
+from serving.fronts.connections import http_protocol
+from serving.fronts.server import banner, open_files_for
 from serving.settings import ServerSettings
-
-
-def example_body(spec: ModelSpec) -> dict[str, object]:
-    rows = spec.table_of()
-    demo = {"item_id": [3, 17, 17], "category_id": [5]}
-    if all(f in rows for f in demo):
-        return {"features": demo}
-    first = spec.features[0]
-    return {"features": {first: [0, rows[first].num_embeddings - 1]}}
-
-
-def banner(spec: ModelSpec, settings: ServerSettings, engine: str) -> str:
-    url = f"http://{settings.host}:{settings.port}"
-    body = json.dumps(example_body(spec))
-    return (
-        f"seqserve: model '{spec.name}' ready on {url} "
-        f"({spec.sharding.world_size} ranks, {engine} engine)\n"
-        f"  curl -s -X POST {url}/predictions/{spec.name} "
-        f"-H 'Content-Type: application/json' -d '{body}'\n"
-        f"  health {url}/ping   spec {url}/models/{spec.name}   metrics {url}/metrics   "
-        f"docs {url}/docs\n"
-        f"  Open Inference Protocol v2: REST {url}/v2/models/{spec.name}/infer, "
-        f"gRPC {settings.host}:{settings.grpc_port}"
-    )
-
-
-def open_files_for(connections: int) -> None:
-    """Raise the soft open-files limit, within the hard one, to hold `connections` sockets and
-    the server's own files: at the usual soft limit of 1024 the OS, not --max-connections,
-    would refuse connections first (accept() failing with EMFILE)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = connections + 256
-    if soft != resource.RLIM_INFINITY and soft < want:
-        top = want if hard == resource.RLIM_INFINITY else min(want, hard)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (top, hard))
 
 
 def serve(spec: ModelSpec, settings: ServerSettings) -> int:

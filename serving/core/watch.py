@@ -13,8 +13,8 @@ import asyncio
 import logging
 from pathlib import Path
 
+from serving.core.service import Service
 from serving.errors import BadUpdate, EngineUnavailable
-from serving.service import Service
 
 log = logging.getLogger("seqserve")
 

@@ -20,21 +20,19 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving import codec
 from serving.config import ModelSpec
-from serving.engine import stored
+from serving.core.metrics import Metrics
+from serving.core.service import Service
+from serving.core.watch import watch
 from serving.engine.base import Engine
 from serving.errors import PayloadTooLarge, SeqServeError
-from serving.fronts import native, v2_grpc
+from serving.fronts import codec, native, v2_grpc
 from serving.fronts.asgi import Reply
 from serving.fronts.native import Predictions, error_reply, seqserve_error_reply
+from serving.fronts.schemas import error_responses, predict_openapi, weights_openapi
 from serving.fronts.v2_openapi import v2_paths
 from serving.fronts.v2_rest import V2Rest
-from serving.metrics import Metrics
-from serving.schemas import error_responses, predict_openapi, weights_openapi
-from serving.service import Service
 from serving.settings import ServerSettings
-from serving.watch import watch
 
 log = logging.getLogger("seqserve")
 
@@ -137,7 +135,7 @@ def create_app(
     @app.get("/models/{model}", dependencies=guarded, responses=error_responses(401, 404))
     async def describe(model: str = model_param) -> dict[str, Any]:
         service.model(model)
-        return {**describe_model(engine), "version": service.version}
+        return {**engine.describe(), "version": service.version}
 
     @app.post(
         "/models/{model}/weights",
@@ -200,40 +198,6 @@ def document_fronts(
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-
-
-def describe_model(engine: Engine) -> dict[str, Any]:
-    """The spec as served, the engine, and for every table where each shard lives."""
-    spec = engine.spec
-    plan = spec.plan()
-    served = engine.describe()
-    devices = served.pop("rank_devices")
-    held = stored.bytes_per_rank(spec)
-    for rank in served["ranks"]:
-        rank["bytes"] = sum(held[rank["rank"]].values())
-        rank["tables"] = held[rank["rank"]]
-    return {
-        "name": spec.name,
-        "world_size": spec.sharding.world_size,
-        **served,
-        "features": spec.features,
-        "tables": [
-            {
-                "name": t.name,
-                "num_embeddings": t.num_embeddings,
-                "embedding_dim": t.embedding_dim,
-                "dtype": t.dtype,
-                "bytes": sum(tables.get(t.name, 0) for tables in held.values()),
-                "features": t.features,
-                "sharding": plan[t.name].kind,
-                "shards": [
-                    {"rank": s.rank, "columns": [s.start, s.end], "device": devices[s.rank]}
-                    for s in plan[t.name].shards
-                ],
-            }
-            for t in spec.tables
-        ],
-    }
 
 
 class MetricsMiddleware:

@@ -15,27 +15,12 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from serving.errors import DeadlineExceeded, EngineUnavailable, QueueFull
+from serving.settings import BatchSettings
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BatchSettings:
-    """What closes a batch; the defaults and help live in `serving.settings.OPTIONS`."""
-
-    max_batch_size: int  # items per batch
-    max_batch_ids: int  # summed cost per batch
-    # How long a batch may wait for more items, counted from its oldest item's arrival: items
-    # that queued while the engine was busy have waited already, so they go at once.
-    max_delay_ms: float
-    # A batch also closes once no item has arrived for this long: a lone request does not wait
-    # out the whole delay, while a burst of arrivals (many clients) still fills the batch.
-    max_gap_ms: float
-    max_queue: int  # items waiting, not counting the batch being processed
-    retry_after_s: float  # advice given with QueueFull
 
 
 @dataclass

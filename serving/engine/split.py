@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from serving.collate import Batch, Request
+from serving.engine.collate import Batch, Request
 
 
 def split(

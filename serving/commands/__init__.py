@@ -1,0 +1,1 @@
+"""The seqserve command and its verbs."""

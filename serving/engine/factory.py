@@ -1,0 +1,41 @@
+"""The choice between the engines: `create` builds the one a spec (or a flag) asks for."""
+
+from __future__ import annotations
+
+from serving.config import ModelSpec
+from serving.engine.base import Engine
+from serving.errors import SpecError
+
+
+def create(
+    spec: ModelSpec,
+    kind: str = "",
+    *,
+    device: str | None = None,
+    dispatch: str = "split",
+    batch_timeout: float = 60.0,
+    nnodes: int = 1,
+    master: tuple[str, int] = ("127.0.0.1", 0),
+    cluster_key: str = "",
+) -> Engine:
+    """The engine the spec asks for (`sharding.engine`), unless `kind` overrides it. The
+    other settings concern the distributed engine's rank processes, `nnodes` > 1 spreading
+    them over hosts whose workers join at `master`."""
+    kind = kind or spec.sharding.engine
+    if kind == "distributed":
+        from serving.engine.distributed.driver import DistributedEngine
+
+        return DistributedEngine(
+            spec,
+            device=device,
+            dispatch=dispatch,  # type: ignore[arg-type]
+            batch_timeout=batch_timeout,
+            nnodes=nnodes,
+            master=master,
+            cluster_key=cluster_key.encode(),
+        )
+    if nnodes > 1:
+        raise SpecError(f"--nnodes {nnodes} needs the distributed engine (--engine distributed)")
+    from serving.engine.local.engine import LocalEngine
+
+    return LocalEngine(spec, device=device)
