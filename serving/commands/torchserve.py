@@ -21,8 +21,8 @@ from serving.config import ModelSpec
 from serving.engine import weights
 from serving.errors import SpecError
 
-ROOT = Path(__file__).resolve().parents[1]
-TEMPLATES = Path(__file__).resolve().parent / "templates"  # package data: in the wheel too
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATES = Path(__file__).resolve().parents[1] / "templates"  # package data: in the wheel too
 HANDLER = ROOT / "handler" / "seqserve_handler.py"
 PACKAGE = ROOT / "serving"
 
