@@ -32,7 +32,7 @@ from serving.engine.distributed.lookup import idle_batch, lookup, warm_up
 from serving.engine.local.engine import LocalEngine
 from serving.engine.quiet import quiet_torch_logs
 from serving.engine.split import split
-from serving.errors import InvalidInput, SeqServeError, http_status
+from serving.errors import InvalidInput, PayloadTooLarge, SeqServeError, http_status
 from serving.fronts import codec
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class SeqServeHandler:
         self.model: torch.nn.Module | None = None  # the distributed engine: this rank's shards
         self.device = torch.device("cpu")
         self.limits = settings.limits({})
+        self.rows: dict[str, int] = {}
 
     def initialize(self, context: Any) -> None:
         quiet_torch_logs()
@@ -61,6 +62,7 @@ class SeqServeHandler:
             self._join_group(spec)
         self.limits = settings.limits(options)
         self.spec = spec
+        self.rows = {f: t.num_embeddings for f, t in spec.table_of().items()}
         self.initialized = True
         log.info("seqserve ready for '%s' (%s engine)", spec.name, spec.sharding.engine)
 
@@ -120,8 +122,7 @@ class SeqServeHandler:
     def _rank_zero(self, flat: Sequence[Request]) -> list[Answer]:
         """The whole batch through rank 0's sharded forward (its peers join with nothing)."""
         assert self.spec is not None and self.model is not None
-        rows = {f: t.num_embeddings for f, t in self.spec.table_of().items()}
-        batch = collate(flat, self.spec.features, rows)
+        batch = collate(flat, self.spec.features, self.rows)
         values = lookup(self.model, self.device, batch.keys, batch.lengths, batch.values)
         outputs = {k: v.cpu().numpy() for k, v in zip(batch.keys, values, strict=True)}
         return split(batch, outputs, flat)
@@ -136,7 +137,10 @@ class SeqServeHandler:
             # `seqserve torchserve` sets); give the codec bytes again so both fronts validate
             # the same way.
             body = orjson.dumps(body)
-        return codec.decode(bytes(body), content_type, self.spec, self.limits)
+        limit = self.limits.max_body_bytes
+        if len(body) > limit:  # TorchServe read the body: its limit is checked here, once
+            raise PayloadTooLarge(f"body is {len(body)} bytes; the limit is {limit} bytes")
+        return codec.decode(bytes(body), content_type, self.rows, self.limits)
 
 
 def _header(context: Any, idx: int, name: str) -> str | None:

@@ -45,11 +45,7 @@ class UnknownModel(SeqServeError):
 
 
 class QueueFull(SeqServeError):
-    """Admission control: the batch queue is at its bound; retry after `retry_after` seconds."""
-
-    def __init__(self, message: str, retry_after: float = 1.0):
-        super().__init__(message)
-        self.retry_after = retry_after
+    """Admission control: the batch queue is at its bound (503 with --retry-after-s)."""
 
 
 class BadUpdate(SeqServeError):

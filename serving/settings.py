@@ -33,15 +33,16 @@ class Limits:
 class BatchSettings:
     """What closes a batch; the defaults and help live in `OPTIONS`."""
 
-    max_batch_size: int  # items per batch
-    max_batch_ids: int  # summed cost per batch
-    # How long a batch may wait for more items, counted from its oldest item's arrival: items
-    # that queued while the engine was busy have waited already, so they go at once.
+    max_batch_size: int  # sequences per batch (a request with more goes alone)
+    max_batch_ids: int  # ids per batch (likewise)
+    # Upper bounds on waiting for company once the engine is free (0: a batch goes at once
+    # with what is queued; what arrives while it computes makes the next one). How long a
+    # batch may wait, counted from its oldest request's arrival...
     max_delay_ms: float
-    # A batch also closes once no item has arrived for this long: a lone request does not wait
-    # out the whole delay, while a burst of arrivals (many clients) still fills the batch.
+    # ...and how long since the last arrival: a lone request does not wait out the whole
+    # delay, while a burst of arrivals still fills the batch.
     max_gap_ms: float
-    max_queue: int  # items waiting, not counting the batch being processed
+    max_queue: int  # sequences waiting, not counting the batch being processed
     retry_after_s: float  # advice given with QueueFull
 
 
@@ -76,10 +77,23 @@ OPTIONS = (
         "port", int, 8080, "HTTP port: the native API and the Open Inference Protocol REST", least=0
     ),
     Option("grpc_port", int, 8081, "Open Inference Protocol gRPC port, bound on --host", least=0),
-    Option("max_batch_size", int, 64, "sequences per batch, at most"),
+    Option(
+        "max_batch_size", int, 64, "sequences per batch, at most (a request with more goes alone)"
+    ),
     Option("max_batch_ids", int, 65536, "ids per batch, at most"),
-    Option("max_delay_ms", float, 5.0, "how long a batch waits for more requests, from its oldest"),
-    Option("max_gap_ms", float, 2.0, "a batch also closes when no request came for this long"),
+    Option(
+        "max_delay_ms",
+        float,
+        0.0,
+        "once the engine is free, how long a batch may wait for more requests, from its oldest "
+        "(0: it goes at once; requests that arrive while the engine works make the next batch)",
+    ),
+    Option(
+        "max_gap_ms",
+        float,
+        0.0,
+        "with --max-delay-ms, a batch also closes when no request came for this long",
+    ),
     Option("max_queue", int, 1024, "sequences waiting for a batch; beyond it, 503 + Retry-After"),
     Option("retry_after_s", float, 1.0, "the Retry-After given with a 503 for a full queue"),
     Option("request_timeout_s", float, 30.0, "deadline of a request; past it, 504"),

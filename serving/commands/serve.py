@@ -17,6 +17,14 @@ from serving.fronts.connections import http_protocol
 from serving.fronts.server import banner, open_files_for
 from serving.settings import ServerSettings
 
+# The routes that answer predictions, as the metrics name them, and how the summary names
+# their statuses.
+PREDICTION_ROUTES = {
+    "/predictions/{model}": "",
+    "/v2/models/{model}/infer": "",
+    "grpc/ModelInfer": "grpc.",
+}
+
 
 def serve(spec: ModelSpec, settings: ServerSettings) -> int:
     weights.check(spec)  # a bad weights file fails here, in one line, before any rank starts
@@ -70,6 +78,9 @@ def serve(spec: ModelSpec, settings: ServerSettings) -> int:
         port=settings.port,
         access_log=False,
         log_level="warning",
+        # No X-Forwarded-* rewriting: nothing here reads the client's address, and the layer
+        # costs every request.
+        proxy_headers=False,
         # Slow clients get a read timeout (408) and open connections a bound (503 beyond it).
         http=http_protocol(settings.read_timeout_s, settings.max_connections),
     )
@@ -85,8 +96,12 @@ def serve(spec: ModelSpec, settings: ServerSettings) -> int:
         flush=True,
     )
     server.run()
-    # What was answered, for whoever checks that a shutdown lost nothing (and for the logs).
-    answered = app.state.metrics.answered("/predictions/{model}")
+    # What was answered, for whoever checks that a shutdown lost nothing (and for the logs):
+    # native and v2 REST predictions by HTTP status, v2 gRPC ones by code.
+    answered: dict[str, int] = {}
+    for route, prefix in PREDICTION_ROUTES.items():
+        for status, n in app.service.metrics.answered(route).items():
+            answered[prefix + status] = answered.get(prefix + status, 0) + n
     by_status = " ".join(f"{k}:{v}" for k, v in sorted(answered.items())) or "none"
     print(f"seqserve: stopped; predictions answered by status: {by_status}", flush=True)
     return exit_code

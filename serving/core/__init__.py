@@ -1,1 +1,1 @@
-"""The service core: admission, the dynamic batcher, weight updates and their gate (torch-free)."""
+"""The service core (torch-free): admission, the dynamic batcher, weight updates."""

@@ -1,7 +1,11 @@
 """Dynamic batching in front of a serial engine (asyncio + stdlib only).
 
-Callers `submit` one item each and await their own result; a single background loop groups
-waiting items into batches and hands each batch to `process`, one batch at a time.
+Callers `enqueue` one item each (a request: one or several sequences) and await its future; a
+single background loop groups waiting items into batches and hands each batch to `process`,
+one batch at a time. Batches form while the engine is busy, not by waiting: when the engine is
+idle a batch goes at once with whatever is queued, and whatever arrives while it computes
+makes the next one (continuous batching, as Triton's queue delay of 0 and vLLM's scheduler).
+`max_delay_ms` and `max_gap_ms` are upper bounds a user may set to trade latency for size.
 """
 
 from __future__ import annotations
@@ -23,13 +27,19 @@ R = TypeVar("R")
 log = logging.getLogger(__name__)
 
 
+class Gone(Exception):
+    """The caller's client left before its item was computed: nobody reads the answer."""
+
+
 @dataclass
 class _Pending(Generic[T, R]):
     item: T
-    cost: int
+    cost: int  # ids: counted against max_batch_ids
+    size: int  # sequences: counted against max_batch_size
     deadline: float | None  # absolute time.monotonic()
+    gone: Callable[[], bool] | None  # True once the client has left
     future: asyncio.Future[R]
-    arrived: float  # the loop's time at submit
+    arrived: float  # the loop's time at enqueue
 
 
 class Batcher(Generic[T, R]):
@@ -43,8 +53,9 @@ class Batcher(Generic[T, R]):
         self._settings = settings
         self._on_batch = on_batch
         # A deque rather than asyncio.Queue: the loop must peek at the head to decide whether
-        # it still fits the cost budget, and leave it in place for the next batch if not.
+        # it still fits the batch, and leave it in place for the next batch if not.
         self._waiting: deque[_Pending[T, R]] = deque()
+        self._queued = 0  # sequences in _waiting
         # Items taken off the queue for the current batch; stop(drain=False) answers these too.
         self._taken: list[_Pending[T, R]] = []
         self._wakeup = asyncio.Event()
@@ -53,30 +64,34 @@ class Batcher(Generic[T, R]):
 
     @property
     def queue_depth(self) -> int:
-        return len(self._waiting)
+        """Sequences waiting, not counting the batch being processed."""
+        return self._queued
 
     def start(self) -> None:
         if self._task is not None:
             raise RuntimeError("batcher already started")
         self._task = asyncio.get_running_loop().create_task(self._run())
 
-    async def submit(self, item: T, cost: int, deadline: float | None = None) -> R:
-        # If this task is cancelled, the future is cancelled with it and the loop skips the item.
-        return await self.enqueue(item, cost, deadline)
-
-    def enqueue(self, item: T, cost: int, deadline: float | None = None) -> asyncio.Future[R]:
-        """Queue `item`; its result comes in the future. Cancelling the future drops the item
-        if its batch has not started. No task per item: the HTTP front awaits these directly."""
+    def enqueue(
+        self,
+        item: T,
+        cost: int,
+        deadline: float | None = None,
+        *,
+        size: int = 1,
+        gone: Callable[[], bool] | None = None,
+    ) -> asyncio.Future[R]:
+        """Queue `item`; its result comes in the future (Gone if `gone()` turned true before
+        its batch ran). Cancelling the future drops the item if its batch has not started."""
         if self._closed:
             raise EngineUnavailable("shutting down")
         limit = self._settings.max_queue
-        if len(self._waiting) >= limit:
-            raise QueueFull(
-                f"batch queue is full ({limit} waiting)", retry_after=self._settings.retry_after_s
-            )
+        if self._queued + size > limit:
+            raise QueueFull(f"batch queue is full ({limit} sequences waiting, at most)")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
-        self._waiting.append(_Pending(item, cost, deadline, future, loop.time()))
+        self._waiting.append(_Pending(item, cost, size, deadline, gone, future, loop.time()))
+        self._queued += size
         self._wakeup.set()
         return future
 
@@ -94,6 +109,7 @@ class Batcher(Generic[T, R]):
             if not pending.future.done():
                 pending.future.set_exception(EngineUnavailable("shutting down"))
         self._waiting.clear()
+        self._queued = 0
         self._taken = []
 
     async def _run(self) -> None:
@@ -113,10 +129,14 @@ class Batcher(Generic[T, R]):
         return True
 
     def _wanted(self, pending: _Pending[T, R]) -> bool:
-        if pending.future.done():  # the caller was cancelled; nobody reads the result
+        future = pending.future
+        if future.done():  # the caller was cancelled; nobody reads the result
+            return False
+        if pending.gone is not None and pending.gone():
+            future.set_exception(Gone())
             return False
         if pending.deadline is not None and time.monotonic() >= pending.deadline:
-            pending.future.set_exception(DeadlineExceeded("request waited past its deadline"))
+            future.set_exception(DeadlineExceeded("request waited past its deadline"))
             return False
         return True
 
@@ -126,32 +146,38 @@ class Batcher(Generic[T, R]):
         loop = asyncio.get_running_loop()
         batch: list[_Pending[T, R]] = []
         self._taken = batch
-        cost = 0
+        cost = size = 0
         close_at = 0.0
-        while len(batch) < settings.max_batch_size and cost < settings.max_batch_ids:
+        while size < settings.max_batch_size and cost < settings.max_batch_ids:
             if not self._waiting:
-                if self._closed:  # nothing more can arrive, so waiting longer gains nothing
-                    break
-                timeout = None
-                if batch:
-                    quiet_at = batch[-1].arrived + settings.max_gap_ms / 1000
-                    timeout = min(close_at, quiet_at) - loop.time()
-                if timeout is not None and timeout <= 0:
-                    break
-                if not await self._wait_for_item(timeout):
+                if self._closed or not batch:
+                    if self._closed:  # nothing more can arrive: waiting gains nothing
+                        break
+                    await self._wait_for_item(None)
+                    continue
+                # The engine is idle and the queue empty: wait for company only as long as
+                # the user's bounds allow (none by default).
+                quiet_at = batch[-1].arrived + settings.max_gap_ms / 1000
+                timeout = min(close_at, quiet_at) - loop.time()
+                if timeout <= 0 or not await self._wait_for_item(timeout):
                     break
                 continue
             head = self._waiting[0]
-            if batch and cost + head.cost > settings.max_batch_ids:
+            if batch and (
+                cost + head.cost > settings.max_batch_ids
+                or size + head.size > settings.max_batch_size
+            ):
                 break  # head opens the next batch (an empty batch takes even an oversized head)
             self._waiting.popleft()
+            self._queued -= head.size
             if not self._wanted(head):
                 continue
             if not batch:
                 close_at = head.arrived + settings.max_delay_ms / 1000
             batch.append(head)
             cost += head.cost
-        # Items may have been cancelled or expired while the batch was held open.
+            size += head.size
+        # Items may have been cancelled, expired or left while the batch was held open.
         return [p for p in batch if self._wanted(p)]
 
     async def _run_batch(self, batch: list[_Pending[T, R]]) -> None:
@@ -173,6 +199,6 @@ class Batcher(Generic[T, R]):
                     pending.future.set_result(result)
         if self._on_batch is not None:
             try:
-                self._on_batch(len(batch), sum(p.cost for p in batch))
+                self._on_batch(sum(p.size for p in batch), sum(p.cost for p in batch))
             except Exception:  # a metrics bug must not take serving down
                 log.exception("on_batch callback failed")

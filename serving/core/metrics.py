@@ -1,15 +1,34 @@
-"""Prometheus metrics of one server, in a registry of its own (tests run several apps)."""
+"""Prometheus metrics of one server, in a registry of its own (tests run several apps).
+
+Requests are counted and timed on every answer, so that path is plain Python: a counter and a
+bucket index per (route, status), rendered as Prometheus counters and histograms when /metrics
+is read (prometheus_client's own children take a lock and walk every bucket per call). The
+figures are exact: every observation is counted, none is sampled.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 IDS_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536, 262144)
+
+
+class _Timings:
+    """Observations of one route: per-bucket counts (the last one past every bound) and sum."""
+
+    __slots__ = ("buckets", "total")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
+        self.total = 0.0
 
 
 class Metrics:
@@ -20,21 +39,11 @@ class Metrics:
         version: Callable[[], float],
     ):
         self.registry = CollectorRegistry()
-        self._children: dict[tuple[str, int | str], tuple[Any, Any]] = {}
+        self._counts: dict[tuple[str, str], int] = {}
+        self._timings: dict[str, _Timings] = {}
+        self._status_text: dict[int | str, str] = {}
         r = self.registry
-        self.requests = Counter(
-            "seqserve_requests",
-            "HTTP requests by route and status",
-            ["route", "status"],
-            registry=r,
-        )
-        self.latency = Histogram(
-            "seqserve_request_seconds",
-            "HTTP request latency",
-            ["route"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
+        r.register(_RequestCollector(self))
         self.batch_size = Histogram(
             "seqserve_batch_sequences",
             "sequences per engine batch",
@@ -65,13 +74,16 @@ class Metrics:
 
     def observe(self, route: str, status: int | str, seconds: float) -> None:
         """One answered request: counted by route template and status, and timed."""
-        # labels() costs a lock and a tuple lookup per call: keep each (route, status)'s pair.
-        pair = self._children.get((route, status))
-        if pair is None:
-            pair = (self.requests.labels(route, str(status)), self.latency.labels(route))
-            self._children[(route, status)] = pair
-        pair[0].inc()
-        pair[1].observe(seconds)
+        text = self._status_text.get(status)
+        if text is None:
+            text = self._status_text[status] = str(status)
+        key = (route, text)
+        self._counts[key] = self._counts.get(key, 0) + 1
+        timings = self._timings.get(route)
+        if timings is None:
+            timings = self._timings[route] = _Timings()
+        timings.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        timings.total += seconds
 
     def on_batch(self, sequences: int, ids: int) -> None:
         self.batch_size.observe(sequences)
@@ -83,9 +95,37 @@ class Metrics:
 
     def answered(self, route: str) -> dict[str, int]:
         """Requests of `route` answered so far, by status."""
-        out: dict[str, int] = {}
-        for family in self.registry.collect():
-            for sample in family.samples:
-                if sample.name == "seqserve_requests_total" and sample.labels["route"] == route:
-                    out[sample.labels["status"]] = int(sample.value)
+        return {status: n for (r, status), n in self._counts.items() if r == route}
+
+    def answered_by_route(self) -> dict[str, dict[str, int]]:
+        """Every route's answers so far, by status."""
+        out: dict[str, dict[str, int]] = {}
+        for (route, status), n in self._counts.items():
+            out.setdefault(route, {})[status] = n
         return out
+
+
+class _RequestCollector(Collector):
+    """Renders the request counts and timings as `seqserve_requests_total{route,status}` and
+    the histogram `seqserve_request_seconds{route}`."""
+
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "seqserve_requests", "HTTP requests by route and status", labels=["route", "status"]
+        )
+        for (route, status), n in list(self.metrics._counts.items()):
+            requests.add_metric([route, status], n)
+        yield requests
+        latency = HistogramMetricFamily(
+            "seqserve_request_seconds", "HTTP request latency", labels=["route"]
+        )
+        for route, timings in list(self.metrics._timings.items()):
+            cumulative, buckets = 0, []
+            for bound, n in zip((*LATENCY_BUCKETS, float("inf")), timings.buckets, strict=True):
+                cumulative += n
+                buckets.append((floatToGoString(bound), cumulative))
+            latency.add_metric([route], buckets, sum_value=timings.total)
+        yield latency

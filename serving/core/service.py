@@ -1,9 +1,14 @@
-"""The protocol-neutral service every front calls: the model served, its limits, readiness,
-the version of its weights, `predict`, and `change` (weight updates, CONTRACT section 5).
+"""The protocol-neutral service every front calls: the model served, its limits, admission,
+the version of its weights, `predict`, and `change` (weight updates, docs/updates.md).
 
-A front (native HTTP, Open Inference Protocol REST or gRPC) only turns its protocol's request
-into sequences (feature -> int64 ids, checked against the table sizes) and the answers back
-into its protocol; errors are `SeqServeError`s, each front renders them in one place.
+A front (native HTTP, Open Inference Protocol REST or gRPC) calls `admit` (token, model and
+version, readiness: in that order), reads its body, turns it into sequences (feature -> int64
+ids, range-checked by `serving.fronts.ids`) and the answers back into its protocol; errors are
+`SeqServeError`s, each front renders them in one place.
+
+One version per answer: a request is one batcher item, so all its sequences run in one batch,
+and an update commits between two batches (the engine lock), so every row of every answer
+comes from one version of the weights.
 """
 
 from __future__ import annotations
@@ -12,15 +17,14 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from serving.core import updates
-from serving.core.batching import Batcher
-from serving.core.gate import Gate
+from serving.core.batching import Batcher, Gone
 from serving.core.metrics import Metrics
 from serving.engine.base import Answer, Commit, Engine
 from serving.errors import (
@@ -67,10 +71,12 @@ class Service:
             ranks_ready=lambda: float(self.spec.sharding.world_size if engine.ready else 0),
             version=lambda: float(self.version),
         )
-        self.gate = Gate()  # requests read one version; an update writes between batches
         self._changing = asyncio.Lock()  # one update at a time, from preparing to committing
+        # Held by a batch while it computes and by an update while it commits: commits land
+        # between two batches. FIFO, so a waiting update goes before the next batch.
+        self._engine = asyncio.Lock()
         self._abandoned = False  # the server stopped before the engine was up
-        self.batcher: Batcher[Ids, Answer] = Batcher(
+        self.batcher: Batcher[list[Ids], Predicted] = Batcher(
             self._process, settings.batch, on_batch=self.metrics.on_batch
         )
         self._token = settings.auth_token.encode()
@@ -108,8 +114,17 @@ class Service:
         await self.batcher.stop(drain=True)
         await asyncio.to_thread(self.engine.close)
 
-    async def _process(self, batch: list[Ids]) -> list[Answer]:
-        return await asyncio.to_thread(self.engine.forward, batch)
+    async def _process(self, requests: list[list[Ids]]) -> list[Predicted]:
+        """One engine batch of every sequence of `requests`, answered per request."""
+        flat = requests[0] if len(requests) == 1 else [s for r in requests for s in r]
+        async with self._engine:
+            version = self.version
+            answers = await asyncio.to_thread(self.engine.forward, flat)
+        out, at = [], 0
+        for r in requests:
+            out.append(Predicted(answers[at : at + len(r)], version))
+            at += len(r)
+        return out
 
     # -- checks every front makes, in this order ------------------------------------------
 
@@ -127,7 +142,14 @@ class Service:
         if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self._token):
             raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
 
-    def model(self, name: str, version: str = "") -> None:
+    def admit(self, authorization: str | bytes | None, model: str, version: str = "") -> None:
+        """The checks before a request's body is read, in the one order every front uses:
+        the token, the model and version named, readiness."""
+        self.authorize(authorization)
+        self.check_model(model, version)
+        self.check_ready()
+
+    def check_model(self, name: str, version: str = "") -> None:
         """The model (and, if given, the version) named is the one served here."""
         if name != self.spec.name:
             raise UnknownModel(
@@ -147,53 +169,24 @@ class Service:
     async def predict(
         self,
         sequences: list[Ids],
-        gone: Awaitable[Any] | None = None,
+        gone: Callable[[], bool] | None = None,
         timeout_s: float | None = None,
     ) -> Predicted | None:
-        """Every sequence's rows, in order, all from one version of the weights; None if `gone`
-        finished first (the client left: its sequences are dropped before compute). One
-        failing sequence cancels the others. The deadline is the server's request timeout, or
-        `timeout_s` if that is sooner."""
-        async with self.gate.reading():
-            answers = await self._predict(sequences, gone, timeout_s)
-            return None if answers is None else Predicted(answers, self.version)
-
-    async def _predict(
-        self,
-        sequences: list[Ids],
-        gone: Awaitable[Any] | None,
-        timeout_s: float | None,
-    ) -> list[Answer] | None:
+        """Every sequence's rows, in order, all from one version of the weights; None if the
+        client left (`gone()` true) before its batch ran: its sequences are never computed.
+        The deadline is the server's request timeout, or `timeout_s` if that is sooner."""
         limit = self.settings.request_timeout_s
         deadline = time.monotonic() + (limit if timeout_s is None else min(limit, timeout_s))
-        futures: list[asyncio.Future[Answer]] = []
+        ids = sum(len(v) for s in sequences for v in s.values())
+        future = self.batcher.enqueue(sequences, ids, deadline, size=len(sequences), gone=gone)
         try:
-            for s in sequences:
-                futures.append(self.batcher.enqueue(s, sum(len(v) for v in s.values()), deadline))
-            waiter: asyncio.Future[Any] = (
-                futures[0] if len(futures) == 1 else asyncio.gather(*futures)
-            )
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
-        watch = asyncio.ensure_future(gone) if gone is not None else None
-        if watch is not None:
-            watch.add_done_callback(lambda _: waiter.cancel())
-        try:
-            result = await waiter
-        except asyncio.CancelledError:
-            if watch is not None and watch.done() and not watch.cancelled():
-                return None  # the client left: cancelling `waiter` dropped its sequences
-            raise
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            raise
-        finally:
-            if watch is not None:
-                watch.cancel()
-        return [result] if len(futures) == 1 else list(result)
+            return await future
+        except Gone:
+            return None
+
+    def describe(self) -> dict[str, Any]:
+        """/models/{model}: the engine's account of its ranks and shards, and the version."""
+        return {**self.engine.describe(), "version": self.version}
 
     # -- weight updates -------------------------------------------------------------------
 
@@ -202,8 +195,8 @@ class Service:
         naming a path on the server); `kind` from change_kind, checked before the body is read.
 
         Everything is checked, and a reload loaded beside the served weights, while requests
-        go on; then the gate holds new requests back, lets those in flight finish, and the
-        change is committed between two batches and the version moves. A rejected update
+        go on; then the change is committed between two batches (the batch in flight
+        finishes first, the next waits) and the version moves. A rejected update
         (BadUpdate, 400) changes nothing."""
         async with self._changing:
             self.check_ready()
@@ -212,7 +205,7 @@ class Service:
             except BadUpdate:
                 self.metrics.on_update(kind, "rejected", 0)
                 raise
-            async with self.gate.writing():
+            async with self._engine:
                 await asyncio.to_thread(commit)
                 self.version += 1
                 version = self.version

@@ -1,6 +1,6 @@
-"""Plain-ASGI plumbing the HTTP fronts share: reading a body, noticing a client that left,
-sending a reply. The hot routes run as ASGI in front of FastAPI (`serving.fronts.native` says
-why); FastAPI serves every other path."""
+"""Plain-ASGI plumbing the HTTP fronts share: reading a body, knowing whether the client left,
+the headers an error status carries, sending a reply and counting it. The hot routes run as
+plain ASGI ahead of FastAPI (`serving.fronts.app` says why); FastAPI serves every other path."""
 
 from __future__ import annotations
 
@@ -16,10 +16,24 @@ from serving.errors import PayloadTooLarge
 log = logging.getLogger("seqserve")
 
 CLIENT_GONE = 499  # counted, never sent: nobody is there to read it
+# Where our HTTP protocol (serving.fronts.connections) puts the request's uvicorn cycle, whose
+# `disconnected` turns true when the client hangs up.
+CONNECTION = "seqserve.connection"
 
 Headers = list[tuple[bytes, bytes]]
 Reply = tuple[int, bytes, Headers]
 Answerer = Callable[[], Awaitable[Reply | None]]
+
+
+def error_headers(status: int, media: bytes, retry_after: float) -> Headers:
+    """An error reply's headers, for every HTTP protocol: its media type, `Retry-After` on a
+    503 and the bearer challenge on a 401."""
+    headers: Headers = [(b"content-type", media)]
+    if status == 503:
+        headers.append((b"retry-after", str(max(1, round(retry_after))).encode()))
+    elif status == 401:
+        headers.append((b"www-authenticate", b"Bearer"))
+    return headers
 
 
 async def respond(
@@ -42,15 +56,15 @@ async def respond(
         status = CLIENT_GONE
     else:
         status, body, headers = reply
-        headers.append((b"content-length", str(len(body)).encode()))
+        headers.append((b"content-length", b"%d" % len(body)))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
     metrics.observe(route, status, time.perf_counter() - start)
 
 
 async def read_body(receive: Receive, length: bytes | None, limit: int) -> bytes | None:
-    """The body, refused with 413 as soon as it is known to be over `limit`; None if the
-    client left while sending it."""
+    """The body, refused with 413 as soon as it is known to be over `limit` (the one place
+    the body limit is checked); None if the client left while sending it."""
     if length is not None and length.isdigit() and int(length) > limit:
         raise PayloadTooLarge(f"body of {int(length)} bytes is over the limit of {limit}")
     chunks, size = [], 0
@@ -67,10 +81,14 @@ async def read_body(receive: Receive, length: bytes | None, limit: int) -> bytes
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def disconnected(receive: Receive) -> None:
-    # Once the body is read, the server's receive() returns only when the client disconnects.
-    while (await receive())["type"] != "http.disconnect":
-        pass
+def gone_of(scope: Scope) -> Callable[[], bool] | None:
+    """A test of whether this request's client has left, read by the batcher before the
+    request is computed (no task per request waiting on `receive`); None where the server is
+    not ours (the request is then computed whatever happens)."""
+    connection = scope.get("extensions", {}).get(CONNECTION)
+    if connection is None:
+        return None
+    return lambda: connection.disconnected
 
 
 def headers_of(scope: Scope) -> dict[bytes, bytes]:

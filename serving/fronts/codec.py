@@ -1,4 +1,5 @@
-"""HTTP bodies <-> requests and answers (CONTRACT section 3), shared by both fronts.
+"""Native bodies <-> requests and answers (docs/http.md), for the FastAPI front and the
+TorchServe handler.
 
 Pure functions over bytes and numpy arrays: no torch, no web framework. Every way a client body
 can be wrong ends in a `SeqServeError` subclass (400, 413 or 415), never in anything else.
@@ -6,44 +7,93 @@ can be wrong ends in a `SeqServeError` subclass (400, 413 or 415), never in anyt
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+import msgspec
 import numpy as np
 import orjson
 
-from serving.config import ModelSpec
 from serving.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
+from serving.fronts import ids
 from serving.settings import Limits
 
 JSON = "application/json"
 MSGPACK = "application/msgpack"
 MSGPACK_TYPES = (MSGPACK, "application/x-msgpack")
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+Ids = dict[str, np.ndarray]  # one sequence: feature -> int64 ids, range-checked
 
 
 @dataclass
 class Decoded:
-    requests: list[dict[str, np.ndarray]]  # one per sequence; feature -> int64 ids
+    requests: list[Ids]  # one per sequence
     instances: bool  # the body used {"instances": [...]}: answer {"predictions": [...]}
 
 
-def decode(body: bytes, content_type: str | None, spec: ModelSpec, limits: Limits) -> Decoded:
-    """Parse and check one body; InvalidInput / PayloadTooLarge / UnsupportedMediaType if bad."""
+class _Sequence(msgspec.Struct, forbid_unknown_fields=True):
+    features: dict[str, list[int]]
+
+
+class _Body(msgspec.Struct, forbid_unknown_fields=True):
+    features: dict[str, list[int]] | None = None
+    instances: list[_Sequence] | None = None
+
+
+# Typed decoders: a well-formed body is parsed and its types checked in C in one pass
+# (~1.5 us for 60 ids). Any body they refuse is parsed again by the checks below, whose job
+# is the message naming the field and position.
+_DECODERS: dict[str, msgspec.json.Decoder[_Body] | msgspec.msgpack.Decoder[_Body]] = {
+    JSON: msgspec.json.Decoder(_Body),
+    MSGPACK: msgspec.msgpack.Decoder(_Body),
+}
+
+
+def decode(
+    body: bytes, content_type: str | None, rows: Mapping[str, int], limits: Limits
+) -> Decoded:
+    """Parse and check one body (its size already within `limits.max_body_bytes`); `rows`
+    maps each feature to its table's size. InvalidInput / PayloadTooLarge /
+    UnsupportedMediaType if bad."""
     kind = _body_kind(content_type)
-    if len(body) > limits.max_body_bytes:
-        raise PayloadTooLarge(
-            f"body is {len(body)} bytes; the limit is {limits.max_body_bytes} bytes"
-        )
-    doc = _parse(body, kind)
+    try:
+        doc = _DECODERS[kind].decode(body)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return _decode_checked(_parse(body, kind), rows, limits)
+    if doc.instances is None and doc.features is not None:
+        raw = [doc.features]
+    elif doc.features is None and doc.instances:
+        if len(doc.instances) > limits.max_instances:
+            raise _too_many_instances(len(doc.instances), limits)
+        raw = [s.features for s in doc.instances]
+    else:  # neither or both keys, or no instance: the checks below say which
+        return _decode_checked(_parse(body, kind), rows, limits)
+    total = 0
+    for features in raw:
+        for name, values in features.items():
+            if name not in rows:
+                return _decode_checked(_parse(body, kind), rows, limits)
+            total += len(values)
+    _check_total(total, limits)
+    if len(raw) == 1:
+        return Decoded([_checked(raw[0], "features", rows)], doc.instances is not None)
+    return Decoded([_checked(f, f"instances[{i}].features", rows) for i, f in enumerate(raw)], True)
+
+
+def _checked(features: dict[str, list[int]], where: str, rows: Mapping[str, int]) -> Ids:
+    return {n: ids.checked(v, rows[n], f"{where}.{n}", f"{where}.{n}") for n, v in features.items()}
+
+
+def _decode_checked(doc: Any, rows: Mapping[str, int], limits: Limits) -> Decoded:
+    """The body the typed decoder refused, walked in Python to say what is wrong with it."""
     if not isinstance(doc, dict) or list(doc) not in (["features"], ["instances"]):
         raise InvalidInput(
             f"body: expected an object with one key, 'features' or 'instances'; got {_got(doc)}",
             field="body",
         )
     if "features" in doc:
-        raw = [_features(doc["features"], "features", spec)]
+        raw = [_features(doc["features"], "features", rows)]
     else:
         items = doc["instances"]
         if not isinstance(items, list):
@@ -53,20 +103,24 @@ def decode(body: bytes, content_type: str | None, spec: ModelSpec, limits: Limit
         if not items:
             raise InvalidInput("instances: must hold at least one instance", field="instances")
         if len(items) > limits.max_instances:
-            raise PayloadTooLarge(
-                f"instances: {len(items)} instances; the limit is {limits.max_instances}"
-            )
-        raw = [_instance(item, i, spec) for i, item in enumerate(items)]
-    total = sum(len(ids) for req in raw for ids, _ in req.values())
+            raise _too_many_instances(len(items), limits)
+        raw = [_instance(item, i, rows) for i, item in enumerate(items)]
+    _check_total(sum(len(v) for req in raw for v, _ in req.values()), limits)
+    requests = [
+        {name: _ids(v, field, rows[name]) for name, (v, field) in req.items()} for req in raw
+    ]
+    return Decoded(requests=requests, instances="instances" in doc)
+
+
+def _too_many_instances(count: int, limits: Limits) -> PayloadTooLarge:
+    return PayloadTooLarge(f"instances: {count} instances; the limit is {limits.max_instances}")
+
+
+def _check_total(total: int, limits: Limits) -> None:
     if total > limits.max_ids_per_request:
         raise PayloadTooLarge(
             f"body holds {total} ids; the limit is {limits.max_ids_per_request} per request"
         )
-    rows = {f: t.num_embeddings for f, t in spec.table_of().items()}
-    requests = [
-        {name: _ids(ids, field, rows[name]) for name, (ids, field) in req.items()} for req in raw
-    ]
-    return Decoded(requests=requests, instances="instances" in doc)
 
 
 def encode(
@@ -82,7 +136,7 @@ def encode(
             {"embeddings": {f: _packed(a) for f, a in ans.items()}} for ans in answers
         ]
         doc: Any = {"predictions": maps} if instances else maps[0]
-        return msgpack.packb(doc, use_bin_type=True), media
+        return _MSGPACK_ENCODER.encode(doc), media
     maps = [{"embeddings": {f: exact_floats(a) for f, a in ans.items()}} for ans in answers]
     doc = {"predictions": maps} if instances else maps[0]
     return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY), JSON
@@ -122,7 +176,7 @@ def _parse(body: bytes, kind: str) -> Any:
         raise InvalidInput(f"body: not valid msgpack: {why}", field="body") from None
 
 
-def _instance(item: Any, i: int, spec: ModelSpec) -> dict[str, tuple[list[Any], str]]:
+def _instance(item: Any, i: int, rows: Mapping[str, int]) -> dict[str, tuple[list[Any], str]]:
     where = f"instances[{i}]"
     if not isinstance(item, dict) or list(item) != ["features"]:
         raise InvalidInput(
@@ -130,53 +184,38 @@ def _instance(item: Any, i: int, spec: ModelSpec) -> dict[str, tuple[list[Any], 
             field="instances",
             position=i,
         )
-    return _features(item["features"], f"{where}.features", spec)
+    return _features(item["features"], f"{where}.features", rows)
 
 
-def _features(obj: Any, where: str, spec: ModelSpec) -> dict[str, tuple[list[Any], str]]:
+def _features(obj: Any, where: str, rows: Mapping[str, int]) -> dict[str, tuple[list[Any], str]]:
     """Check the shape of one features map; ids are converted later, once all are counted."""
     if not isinstance(obj, dict):
         raise InvalidInput(
             f"{where}: expected an object of feature -> ids, got {_kind(obj)}", field=where
         )
-    known = spec.features
-    known_set = set(known)
     out: dict[str, tuple[list[Any], str]] = {}
-    for name, ids in obj.items():
+    for name, values in obj.items():
         field = f"{where}.{_clip(name) if isinstance(name, str) else _show(name)}"
-        if name not in known_set:
-            raise InvalidInput(f"{field}: unknown feature; known: {', '.join(known)}", field=field)
-        if not isinstance(ids, list):
+        if name not in rows:
+            raise InvalidInput(f"{field}: unknown feature; known: {', '.join(rows)}", field=field)
+        if not isinstance(values, list):
             raise InvalidInput(
-                f"{field}: expected an array of integer ids, got {_kind(ids)}", field=field
+                f"{field}: expected an array of integer ids, got {_kind(values)}", field=field
             )
-        out[name] = (ids, field)
+        out[name] = (values, field)
     return out
 
 
-def _ids(ids: list[Any], field: str, rows: int) -> np.ndarray:
-    """A list of ids -> int64, every one an integer in [0, rows).
-
-    The checks run in C: `set(map(type, ...))` proves every element is exactly `int` (not
-    bool, which np.asarray would quietly turn into 0/1 next to ints, and not float, which it
-    would make the dtype of the whole array), np.array(..., int64) converts, and one vector
-    comparison checks the range. Only a failing list is walked in Python, to name the element.
-    """
-    if set(map(type, ids)) <= {int}:
-        try:
-            arr = np.array(ids, dtype=np.int64)
-        except OverflowError:  # an int beyond int64: out of range whatever the table
-            pos = next((i for i, x in enumerate(ids) if not _INT64_MIN <= x <= _INT64_MAX), 0)
-        else:
-            bad = (arr < 0) | (arr >= rows)
-            if not bad.any():
-                return arr
-            pos = int(np.argmax(bad))
-        what = f"id {ids[pos]} is outside [0, {rows})"
-    else:
-        pos = next((i for i, x in enumerate(ids) if type(x) is not int), 0)
-        what = f"expected an integer id in [0, {rows}), got {_kind(ids[pos])}"
-    raise InvalidInput(f"{field}[{pos}]: {what}", field=field, position=pos)
+def _ids(values: list[Any], field: str, rows: int) -> np.ndarray:
+    """A list of ids -> int64, every one an integer (not bool, not float) in [0, rows)."""
+    pos = ids.not_integers(values)
+    if pos is not None:
+        raise InvalidInput(
+            f"{field}[{pos}]: expected an integer id in [0, {rows}), got {_kind(values[pos])}",
+            field=field,
+            position=pos,
+        )
+    return ids.checked(values, rows, field, field)
 
 
 def _got(x: Any) -> str:
@@ -256,6 +295,11 @@ def exact_floats(a: np.ndarray) -> np.ndarray:
     return y.reshape(a.shape)
 
 
+_MSGPACK_ENCODER = msgspec.msgpack.Encoder()
+
+
 def _packed(a: np.ndarray) -> dict[str, Any]:
+    """The rows as msgpack's bin, read straight from the answer's buffer (one copy, into the
+    body); the same bytes msgpack.packb(use_bin_type=True) writes."""
     a = np.ascontiguousarray(a, dtype="<f4")
-    return {"shape": list(a.shape), "dtype": "float32", "data": a.tobytes()}
+    return {"shape": list(a.shape), "dtype": "float32", "data": a.reshape(-1).view(np.uint8).data}

@@ -12,15 +12,18 @@ httptools protocol (what `http="auto"` picks: httptools is one of our dependenci
   between requests is left to uvicorn's own `timeout_keep_alive`, as before.
 * a connection bound: a connection that would make more than `max_connections` open is
   answered 503 at once and closed, without running the app; open connections are unaffected.
+* the request's cycle in its scope (`serving.fronts.asgi.CONNECTION`), whose `disconnected`
+  the batcher reads to drop a request whose client left, with no task per request.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from serving.fronts.asgi import CONNECTION
 from serving.fronts.codec import encode_error
 
 
@@ -76,6 +79,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def handle_websocket_upgrade(self) -> None:
         self._cancel_read_timer()  # the transport is no longer ours to time
         super().handle_websocket_upgrade()
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()  # starts the app's task; it runs on a later loop turn
+        cycle = self.cycle
+        if cycle is not None and cycle.scope is self.scope:
+            extensions: dict[str, Any] = {**self.scope.get("extensions", {}), CONNECTION: cycle}
+            self.scope["extensions"] = extensions
 
     # Parser callbacks: the timer runs from a request's first byte to its last.
     def on_message_begin(self) -> None:

@@ -1,36 +1,29 @@
-"""POST /predictions/{model}, the native contract (CONTRACT section 3), as plain ASGI in front
-of FastAPI's stack.
+"""POST /predictions/{model}, the native API (docs/http.md), as plain ASGI ahead of FastAPI.
 
-Why not a FastAPI route: under load the event loop shares the machine's cores with the
-lookups, and every microsecond it spends per request is taken from them. Measured on the demo
-(msgpack, 32 clients, 2 cores), the route cost the event loop 0.49 ms of CPU per request
-through FastAPI's middleware, request, dependency and response layers. Here the body is read
-from `receive`, sequences go straight into the batcher as futures (no task per sequence) and
-the answer goes out in two `send` calls. FastAPI still serves every other path, and documents
-this one in /openapi.json (`serving.fronts.app`).
+The body is read from `receive`, checked by `serving.fronts.codec` (ids range-checked once),
+queued as one batcher item and answered in two `send` calls; whether the client left is read
+by the batcher from the connection, so a request costs no task or future of its own beyond
+the one it awaits.
 """
 
 from __future__ import annotations
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from serving.core.service import Service
 from serving.errors import SeqServeError, http_status
 from serving.fronts import codec
-from serving.fronts.asgi import Headers, Reply, disconnected, headers_of, read_body, respond, text
+from serving.fronts.asgi import Reply, error_headers, gone_of, headers_of, read_body, respond, text
 
 ROUTE = "/predictions/{model}"  # the route's label in the metrics
 PREFIX = "/predictions/"
+JSON_MEDIA = codec.JSON.encode()
 
 
-def error_reply(status: int, kind: str, message: str, retry_after: float | None = None) -> Reply:
-    """The contract's error body and headers; the one place a status gets its extra headers."""
-    headers: Headers = [(b"content-type", codec.JSON.encode())]
-    if status == 503 and retry_after is not None:
-        headers.append((b"retry-after", str(max(1, round(retry_after))).encode()))
-    if status == 401:
-        headers.append((b"www-authenticate", b"Bearer"))
-    return status, codec.encode_error(status, kind, message), headers
+def error_reply(status: int, kind: str, message: str, retry_after: float = 1.0) -> Reply:
+    """The native error body: {"code", "type", "message"}."""
+    body = codec.encode_error(status, kind, message)
+    return status, body, error_headers(status, JSON_MEDIA, retry_after)
 
 
 def seqserve_error_reply(error: SeqServeError, retry_after: float) -> Reply:
@@ -42,20 +35,20 @@ def internal_error(message: str) -> Reply:
     return error_reply(500, "InternalError", message)
 
 
+def model_of(path: str) -> str:
+    """The {model} of a /predictions/{model} path, or "" for any other path."""
+    model = path[len(PREFIX) :] if path.startswith(PREFIX) else ""
+    return "" if "/" in model else model
+
+
 class Predictions:
-    """ASGI middleware answering POST /predictions/{model}; everything else goes to `app`."""
+    """Answers POST /predictions/{model}; `serving.fronts.app.Front` routes here."""
 
-    def __init__(self, app: ASGIApp, *, service: Service):
-        self.app = app
+    def __init__(self, service: Service):
         self.service = service
+        self.retry_after = service.settings.batch.retry_after_s
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope["path"] if scope["type"] == "http" else ""
-        model = path[len(PREFIX) :] if path.startswith(PREFIX) else ""
-        if not model or "/" in model:  # not this route: FastAPI answers (404 included)
-            await self.app(scope, receive, send)
-            return
-
+    async def __call__(self, scope: Scope, receive: Receive, send: Send, model: str) -> None:
         async def answer() -> Reply | None:
             return await self.answer(scope, receive, model)
 
@@ -71,27 +64,22 @@ class Predictions:
         headers = headers_of(scope)
         service = self.service
         try:
-            service.authorize(headers.get(b"authorization"))
-            service.model(model)
-            service.check_ready()
+            service.admit(headers.get(b"authorization"), model)
             limits = service.limits
             body = await read_body(receive, headers.get(b"content-length"), limits.max_body_bytes)
             if body is None:
                 return None
-            decoded = codec.decode(body, text(headers.get(b"content-type")), service.spec, limits)
-            predicted = await service.predict(decoded.requests, disconnected(receive))
+            decoded = codec.decode(body, text(headers.get(b"content-type")), service.rows, limits)
+            predicted = await service.predict(decoded.requests, gone_of(scope))
             if predicted is None:
                 return None
             content, media = codec.encode(
                 predicted.answers, decoded.instances, text(headers.get(b"accept"))
             )
         except SeqServeError as e:
-            return seqserve_error_reply(e, service.settings.batch.retry_after_s)
+            return seqserve_error_reply(e, self.retry_after)
         return (
             200,
             content,
-            [
-                (b"content-type", media.encode()),
-                (b"x-model-version", str(predicted.version).encode()),
-            ],
+            [(b"content-type", media.encode()), (b"x-model-version", b"%d" % predicted.version)],
         )

@@ -1,4 +1,4 @@
-"""Open Inference Protocol v2 tensors <-> sequences (CONTRACT section 4), for REST and gRPC.
+"""Open Inference Protocol v2 tensors <-> sequences (docs/protocols.md), for REST and gRPC.
 
 Pure functions over numpy: each transport turns its request into `Tensor`s (JSON lists, raw
 bytes or protobuf contents) and gets back checked sequences; every way a request can be wrong
@@ -20,6 +20,7 @@ import numpy as np
 
 from serving.config import ModelSpec
 from serving.errors import InvalidInput, PayloadTooLarge
+from serving.fronts import ids
 from serving.settings import Limits
 
 Ids = dict[str, np.ndarray]
@@ -80,11 +81,11 @@ def inference(inputs: Sequence[Tensor], rows: Mapping[str, int], limits: Limits)
         raise PayloadTooLarge(
             f"inputs hold {total} ids; the limit is {limits.max_ids_per_request} per request"
         )
-    ids = {f: _ids(by_name[f], rows[f]) for f in features}
+    checked = {f: _ids(by_name[f], rows[f]) for f in features}
     lengths = {n[: -len(LENGTHS)]: t for n, t in by_name.items() if n.endswith(LENGTHS)}
     if not lengths:
-        return Inference([ids], features)
-    return Inference(_cut(ids, lengths, features, limits), features)
+        return Inference([checked], features)
+    return Inference(_cut(checked, lengths, features, limits), features)
 
 
 def rows(answers: Sequence[Mapping[str, np.ndarray]], feature: str) -> np.ndarray:
@@ -132,17 +133,7 @@ def model_metadata(spec: ModelSpec, version: int) -> dict[str, Any]:
 
 def _ids(t: Tensor, table_rows: int) -> np.ndarray:
     """A feature's ids as int64, each one in [0, table_rows)."""
-    arr = _values(t)
-    # One unsigned compare: a negative id reads as a huge one, so it is out of range too.
-    bad = arr.view(np.uint64) >= table_rows
-    if bad.any():
-        pos = int(np.argmax(bad))
-        raise InvalidInput(
-            f"{t.where} '{t.name}'[{pos}]: id {int(arr[pos])} is outside [0, {table_rows})",
-            t.where,
-            pos,
-        )
-    return arr
+    return ids.checked(_values(t), table_rows, f"{t.where} '{t.name}'", t.where)
 
 
 def _values(t: Tensor) -> np.ndarray:
@@ -175,8 +166,8 @@ def _values(t: Tensor) -> np.ndarray:
 
 def _json_ints(t: Tensor) -> np.ndarray:
     values: list[Any] = t.data
-    # exactly int (not bool, not float) for every element, checked in C; see codec._ids
-    if set(map(type, values)) <= {int}:
+    pos = ids.not_integers(values)  # exactly int: not bool, not float
+    if pos is None:
         try:
             return np.array(values, dtype=np.int64)
         except OverflowError:
@@ -184,17 +175,16 @@ def _json_ints(t: Tensor) -> np.ndarray:
             raise InvalidInput(
                 f"{t.where} '{t.name}'[{pos}]: {values[pos]} is not an {t.datatype}", t.where, pos
             ) from None
-    pos = next(i for i, x in enumerate(values) if type(x) is not int)
     got = type(values[pos]).__name__ if values[pos] is not None else "null"
     raise InvalidInput(f"{t.where} '{t.name}'[{pos}]: expected an integer, got {got}", t.where, pos)
 
 
 def _cut(
-    ids: Ids, lengths: Mapping[str, Tensor], features: Sequence[str], limits: Limits
+    by_feature: Ids, lengths: Mapping[str, Tensor], features: Sequence[str], limits: Limits
 ) -> list[Ids]:
     """Cut each feature's ids by its lengths into b sequences."""
     for f in lengths:
-        if f not in ids:
+        if f not in by_feature:
             t = lengths[f]
             raise InvalidInput(f"{t.where} '{t.name}': there is no input '{f}' to cut", t.where)
     missing = [f for f in features if f not in lengths]
@@ -218,10 +208,10 @@ def _cut(
         if c.size and c.min() < 0:
             pos = int(np.argmax(c < 0))
             raise InvalidInput(f"{t.where} '{t.name}'[{pos}]: a length is negative", t.where, pos)
-        if int(c.sum()) != len(ids[f]):
+        if int(c.sum()) != len(by_feature[f]):
             raise InvalidInput(
                 f"{t.where} '{t.name}': lengths sum to {int(c.sum())}, but '{f}' has "
-                f"{len(ids[f])} ids",
+                f"{len(by_feature[f])} ids",
                 t.where,
             )
     if b[first] == 0:
@@ -231,7 +221,10 @@ def _cut(
             f"inputs: {b[first]} sequences; the limit is {limits.max_instances} per request"
         )
     bounds = {f: np.concatenate([[0], np.cumsum(counts[f])]) for f in features}
-    return [{f: ids[f][bounds[f][j] : bounds[f][j + 1]] for f in features} for j in range(b[first])]
+    return [
+        {f: by_feature[f][bounds[f][j] : bounds[f][j + 1]] for f in features}
+        for j in range(b[first])
+    ]
 
 
 def _clip(s: str, limit: int = 64) -> str:

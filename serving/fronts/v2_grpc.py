@@ -1,4 +1,4 @@
-"""The Open Inference Protocol v2 over gRPC (CONTRACT section 4): `inference.GRPCInferenceService`
+"""The Open Inference Protocol v2 over gRPC (docs/protocols.md): `inference.GRPCInferenceService`
 on `--grpc-port`, served by grpc.aio on the server's own event loop, so its calls share the
 batcher with the HTTP fronts."""
 
@@ -55,11 +55,13 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         finally:
             self.service.metrics.observe(f"grpc/{method}", code.name, time.perf_counter() - start)
 
-    def _authorize(self, context: Any) -> None:
+    def _authorization(self, context: Any) -> str | None:
         if not self.service.settings.auth_token:
-            return  # an open server: no need to read the call's metadata
-        metadata = dict(context.invocation_metadata() or ())
-        self.service.authorize(metadata.get("authorization"))
+            return None  # an open server: no need to read the call's metadata
+        return dict(context.invocation_metadata() or ()).get("authorization")
+
+    def _authorize(self, context: Any) -> None:
+        self.service.authorize(self._authorization(context))
 
     async def ServerLive(self, request: Any, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -69,7 +71,7 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelReady(self, request: Any, context: Any) -> pb.ModelReadyResponse:
         async def compute() -> pb.ModelReadyResponse:
-            self.service.model(request.name, request.version)
+            self.service.check_model(request.name, request.version)
             return pb.ModelReadyResponse(ready=self.service.ready)
 
         return await self._call("ModelReady", context, compute)
@@ -84,7 +86,7 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(self, request: Any, context: Any) -> pb.ModelMetadataResponse:
         async def compute() -> pb.ModelMetadataResponse:
             self._authorize(context)
-            self.service.model(request.name, request.version)
+            self.service.check_model(request.name, request.version)
             doc = v2.model_metadata(self.service.spec, self.service.version)
             return pb.ModelMetadataResponse(
                 name=doc["name"],
@@ -99,9 +101,7 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: Any, context: Any) -> pb.ModelInferResponse:
         async def compute() -> pb.ModelInferResponse:
             service = self.service
-            self._authorize(context)
-            service.model(request.model_name, request.model_version)
-            service.check_ready()
+            service.admit(self._authorization(context), request.model_name, request.model_version)
             inference = v2.inference(_tensors(request), service.rows, service.limits)
             names = v2.selected(
                 [(o.name, f"outputs[{i}]") for i, o in enumerate(request.outputs)],

@@ -1,4 +1,4 @@
-"""The Open Inference Protocol v2 over REST (CONTRACT section 4), as plain ASGI on /v2.
+"""The Open Inference Protocol v2 over REST (docs/protocols.md), as plain ASGI on /v2.
 
 Every /v2 path is answered here, errors included, so they all carry the protocol's body
 `{"error": "..."}` with the statuses of the native contract. JSON tensors and the binary tensor
@@ -12,26 +12,30 @@ from typing import Any
 
 import numpy as np
 import orjson
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from serving.core.service import Service
 from serving.errors import InvalidInput, SeqServeError, UnsupportedMediaType, http_status
 from serving.fronts import codec, v2
-from serving.fronts.asgi import Headers, Reply, disconnected, headers_of, read_body, respond
+from serving.fronts.asgi import (
+    Headers,
+    Reply,
+    error_headers,
+    gone_of,
+    headers_of,
+    read_body,
+    respond,
+)
 
 HEADER_LENGTH = b"inference-header-content-length"
 BINARY = "application/octet-stream"
-JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
+JSON = b"application/json"
+JSON_HEADERS: Headers = [(b"content-type", JSON)]
 
 
-def error_reply(status: int, message: str, retry_after: float | None = None) -> Reply:
-    """The protocol's error body; the one place a v2 REST error gets its status headers."""
-    headers: Headers = list(JSON_HEADERS)
-    if status == 503 and retry_after is not None:
-        headers.append((b"retry-after", str(max(1, round(retry_after))).encode()))
-    if status == 401:
-        headers.append((b"www-authenticate", b"Bearer"))
-    return status, orjson.dumps({"error": message}), headers
+def error_reply(status: int, message: str, retry_after: float = 1.0) -> Reply:
+    """The protocol's error body: {"error": message}."""
+    return status, orjson.dumps({"error": message}), error_headers(status, JSON, retry_after)
 
 
 def internal_error(message: str) -> Reply:
@@ -42,19 +46,20 @@ def ok(doc: Any, status: int = 200) -> Reply:
     return status, orjson.dumps(doc), list(JSON_HEADERS)
 
 
-class V2Rest:
-    """ASGI middleware answering every path under /v2; everything else goes to `app`."""
+def is_v2(path: str) -> bool:
+    return path == "/v2" or path.startswith("/v2/")
 
-    def __init__(self, app: ASGIApp, *, service: Service, server_version: str):
-        self.app = app
+
+class V2Rest:
+    """Answers every path under /v2; `serving.fronts.app.Front` routes here."""
+
+    def __init__(self, service: Service, server_version: str):
         self.service = service
         self.server_version = server_version
+        self.retry_after = service.settings.batch.retry_after_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope["path"] if scope["type"] == "http" else ""
-        if path != "/v2" and not path.startswith("/v2/"):
-            await self.app(scope, receive, send)
-            return
+        path: str = scope["path"]
         parts = path.rstrip("/").split("/")[2:]
         route, method, model, version = _route(parts)
 
@@ -69,9 +74,7 @@ class V2Rest:
             try:
                 return await self.answer(route, scope, receive, model, version)
             except SeqServeError as e:
-                return error_reply(
-                    http_status(e), str(e), self.service.settings.batch.retry_after_s
-                )
+                return error_reply(http_status(e), str(e), self.retry_after)
 
         await respond(send, self.service.metrics, route or "/v2/other", answer, internal_error)
 
@@ -85,15 +88,16 @@ class V2Rest:
         if route == "/v2/health/ready":
             return ok({"ready": service.ready}, 200 if service.ready else 503)
         if route == "/v2/models/{model}/ready":
-            service.model(model, version)
+            service.check_model(model, version)
             return ok({"name": model, "ready": service.ready}, 200 if service.ready else 503)
-        service.authorize(headers.get(b"authorization"))
         if route == "/v2":
+            service.authorize(headers.get(b"authorization"))
             return ok(v2.server_metadata(self.server_version))
-        service.model(model, version)
         if route == "/v2/models/{model}":
+            service.authorize(headers.get(b"authorization"))
+            service.check_model(model, version)
             return ok(v2.model_metadata(service.spec, service.version))
-        service.check_ready()
+        service.admit(headers.get(b"authorization"), model, version)
         limits = service.limits
         body = await read_body(receive, headers.get(b"content-length"), limits.max_body_bytes)
         if body is None:
@@ -102,7 +106,7 @@ class V2Rest:
         inference = v2.inference(inputs, service.rows, limits)
         names = v2.selected([(n, w) for n, w, _ in requested], inference.features)
         binary = {n: b for n, _, b in requested if b is not None}
-        predicted = await service.predict(inference.sequences, disconnected(receive))
+        predicted = await service.predict(inference.sequences, gone_of(scope))
         if predicted is None:
             return None
         outputs = {n: v2.rows(predicted.answers, n) for n in names}

@@ -13,7 +13,8 @@ import orjson
 from serving.commands.demo import demo_spec
 from serving.core.metrics import Metrics
 from serving.core.service import Service
-from serving.fronts.native import ROUTE, Predictions
+from serving.fronts.asgi import CONNECTION
+from serving.fronts.native import ROUTE, Predictions, model_of
 from serving.settings import defaults
 
 SPEC = demo_spec()
@@ -43,21 +44,26 @@ def rows(items: list[Any]) -> list[Any]:
     return [{f: np.zeros((len(ids), dims[f]), np.float32) for f, ids in r.items()} for r in items]
 
 
+class Connection:
+    """What our HTTP protocol puts in a request's scope: its client's presence."""
+
+    def __init__(self, disconnected: bool):
+        self.disconnected = disconnected
+
+
 def call(
     method: str,
-    path: str,
     process: Process = rows,
     messages: list[dict[str, Any]] | None = None,
-) -> tuple[list[dict[str, Any]], list[str], Metrics]:
-    """One request through `Predictions`: what it sent, which requests fell through to the
-    app behind it, and its metrics."""
+    client_left: bool = False,
+) -> tuple[list[dict[str, Any]], Metrics]:
+    """One request through `Predictions`: what it sent, and its metrics."""
 
-    async def main() -> tuple[list[dict[str, Any]], list[str], Metrics]:
+    async def main() -> tuple[list[dict[str, Any]], Metrics]:
         service = Service(defaults(max_delay_ms=1), Engine(process))  # type: ignore[arg-type]
         service.batcher.start()
         inbox = list(messages or [{"type": "http.request", "body": BODY, "more_body": False}])
         sent: list[dict[str, Any]] = []
-        passed: list[str] = []
 
         async def receive() -> dict[str, Any]:
             if inbox:
@@ -68,17 +74,15 @@ def call(
         async def send(message: dict[str, Any]) -> None:
             sent.append(message)
 
-        async def app(scope: Any, receive: Any, send: Any) -> None:
-            passed.append(scope["path"])
-
-        route = Predictions(app, service=service)
+        route = Predictions(service)
         scope = {
-            "type": "http", "method": method, "path": path,
+            "type": "http", "method": method, "path": f"/predictions/{SPEC.name}",
             "headers": [(b"content-type", b"application/json")],
+            "extensions": {CONNECTION: Connection(client_left)},
         }  # fmt: skip
-        await asyncio.wait_for(route(scope, receive, send), timeout=5)
+        await asyncio.wait_for(route(scope, receive, send, SPEC.name), timeout=5)
         await service.batcher.stop()
-        return sent, passed, service.metrics
+        return sent, service.metrics
 
     return asyncio.run(main())
 
@@ -89,9 +93,9 @@ def reply(sent: list[dict[str, Any]]) -> tuple[int, dict[bytes, bytes], dict[str
 
 
 def test_an_answer_is_sent_with_its_length_and_counted() -> None:
-    sent, passed, metrics = call("POST", f"/predictions/{SPEC.name}")
+    sent, metrics = call("POST")
     status, headers, doc = reply(sent)
-    assert status == 200 and passed == []
+    assert status == 200
     assert len(doc["embeddings"]["item_id"]) == 2
     assert int(headers[b"content-length"]) == len(sent[1]["body"])
     assert metrics.answered(ROUTE) == {"200": 1}
@@ -101,7 +105,7 @@ def test_a_bug_of_ours_is_a_500_in_the_contract_shape() -> None:
     def broken(items: list[Any]) -> list[Any]:
         raise KeyError("a bug")
 
-    sent, _, metrics = call("POST", f"/predictions/{SPEC.name}", broken)
+    sent, metrics = call("POST", broken)
     status, headers, doc = reply(sent)
     assert (status, doc["code"], doc["type"]) == (500, 500, "InternalError")
     assert "KeyError" in doc["message"] and headers[b"content-type"] == b"application/json"
@@ -109,16 +113,15 @@ def test_a_bug_of_ours_is_a_500_in_the_contract_shape() -> None:
 
 
 def test_other_methods_get_405_naming_post() -> None:
-    sent, passed, _ = call("GET", f"/predictions/{SPEC.name}")
+    sent, _ = call("GET")
     status, headers, doc = reply(sent)
     assert (status, doc["type"], headers[b"allow"]) == (405, "MethodNotAllowed", b"POST")
-    assert passed == []
 
 
-def test_other_paths_fall_through_to_fastapi() -> None:
-    for path in ("/ping", "/predictions/", "/predictions/a/b", "/models/demo"):
-        sent, passed, _ = call("POST", path)
-        assert sent == [] and passed == [path]
+def test_only_predictions_paths_are_this_route() -> None:
+    assert model_of(f"/predictions/{SPEC.name}") == SPEC.name
+    for path in ("/ping", "/predictions/", "/predictions/a/b", "/models/demo", "/v2/models/x"):
+        assert model_of(path) == "", path
 
 
 def test_a_client_gone_before_its_batch_is_counted_and_not_answered() -> None:
@@ -128,11 +131,7 @@ def test_a_client_gone_before_its_batch_is_counted_and_not_answered() -> None:
         computed.append(items)
         return rows(items)
 
-    messages = [
-        {"type": "http.request", "body": BODY, "more_body": False},
-        {"type": "http.disconnect"},  # what receive() gives once the client hangs up
-    ]
-    sent, _, metrics = call("POST", f"/predictions/{SPEC.name}", slow, messages)
+    sent, metrics = call("POST", slow, client_left=True)
     assert sent == [] and computed == []  # dropped before its batch ran
     assert metrics.answered(ROUTE) == {"499": 1}
 
@@ -143,5 +142,5 @@ def test_a_body_in_several_chunks_is_joined() -> None:
         {"type": "http.request", "body": BODY[:half], "more_body": True},
         {"type": "http.request", "body": BODY[half:], "more_body": False},
     ]
-    sent, _, _ = call("POST", f"/predictions/{SPEC.name}", messages=messages)
+    sent, _ = call("POST", messages=messages)
     assert reply(sent)[0] == 200

@@ -22,8 +22,8 @@ def parse(*argv: str) -> argparse.Namespace:
 def test_defaults_bind_loopback() -> None:
     s = from_args(parse())
     assert (s.host, s.port) == ("127.0.0.1", 8080)
-    assert s.batch.max_batch_size == 64 and s.batch.max_delay_ms == 5
-    assert s.batch.max_gap_ms == 2
+    assert s.batch.max_batch_size == 64 and s.batch.max_delay_ms == 0
+    assert s.batch.max_gap_ms == 0
 
 
 def test_environment_then_flags(monkeypatch: pytest.MonkeyPatch) -> None:

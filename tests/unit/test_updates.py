@@ -1,9 +1,7 @@
-"""Weight updates read and checked before anything changes, and the gate that keeps every
-answer on one version."""
+"""Weight updates read and checked before anything changes."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from pathlib import Path
@@ -13,7 +11,6 @@ import numpy as np
 import pytest
 from safetensors.numpy import save
 
-from serving.core.gate import Gate
 from serving.core.updates import parse_delta, parse_reload, rows_in
 from serving.errors import BadUpdate
 from tests.distributed.plans import spec
@@ -145,39 +142,3 @@ def test_a_reload_path_in_a_symlink_loop_is_a_bad_update(tmp_path: Path) -> None
     body = json.dumps({"safetensors": str(tmp_path / "a")}).encode()
     with pytest.raises(BadUpdate, match="cannot be resolved"):
         parse_reload(body)
-
-
-def test_the_gate_lets_an_update_in_only_between_requests_and_holds_new_ones() -> None:
-    async def scenario() -> list[str]:
-        gate, log = Gate(), []
-        first_in = asyncio.Event()
-
-        async def request(name: str, hold: float) -> None:
-            async with gate.reading():
-                log.append(f"{name} in")
-                first_in.set()
-                await asyncio.sleep(hold)
-                log.append(f"{name} out")
-
-        async def update() -> None:
-            await first_in.wait()
-            async with gate.writing():
-                log.append("update")
-                await asyncio.sleep(0.02)
-                log.append("update done")
-
-        early = asyncio.create_task(request("early", 0.05))
-        writer = asyncio.create_task(update())
-        await asyncio.sleep(0.01)  # the writer now waits for `early`
-        late = asyncio.create_task(request("late", 0))
-        await asyncio.gather(early, writer, late)
-        return log
-
-    assert asyncio.run(scenario()) == [
-        "early in",
-        "early out",
-        "update",
-        "update done",
-        "late in",
-        "late out",
-    ]
