@@ -115,6 +115,13 @@ class LocalEngine:
             raise EngineStartError(f"loading '{spec.name}' failed: {e}") from e
         return kernels
 
+    def prepare_thread(self) -> None:
+        """Set up the thread that will call `forward`: on CPU, one torch thread there, as in
+        the kernel workers (the setting is per thread); OpenMP's idle workers would spin
+        after every small batch."""
+        if self.device != "cuda":
+            torch.set_num_threads(1)
+
     def close(self) -> None:
         with self._lock:
             self._serving = False
