@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Copy to .gpu/scripts/ after ../shared/gpu/prepare.sh (and pack .gpu/extra.tar.xz: the test
-# dependencies the CUDA machine lacks, see docs/performance.md), then run it there with $OUT set.
+# For a CUDA machine with no package index: copy to .gpu/scripts/ beside the offline CUDA bundle
+# (.gpu/scripts/install.sh and its parts: fbgemm-gpu, torchrec and the runtime packages, packed by
+# the maintainers' tooling, which is not part of this repository) and .gpu/extra.tar.xz (the test
+# dependencies the CUDA machine lacks), then run it there with $OUT set.
 # The CUDA checks of issue 11, in one run: both engines' CUDA exactness tests, the engine
 # benchmark on the GPU and a profile of the local engine. Writes what it saw under $OUT.
 set -u
