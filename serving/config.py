@@ -1,4 +1,4 @@
-"""The model spec (CONTRACT section 1) as typed models, with every rule checked at load."""
+"""The model spec (docs/spec.md) as typed models, with every rule checked at load."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Open Inference Protocol v2 as the bench speaks it (CONTRACT section 4): request bodies,
+"""The Open Inference Protocol v2 as the bench speaks it (docs/protocols.md): request bodies,
 built once per pool request, and the answers read back into per-feature float32 rows.
 
     v2-binary  POST /v2/models/{model}/infer: a JSON header of Inference-Header-Content-Length

@@ -1,4 +1,4 @@
-"""The built-in demo model (CONTRACT section 1's example), a realistic one, and writing either
+"""The built-in demo model (docs/spec.md's example), a realistic one, and writing either
 to disk."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`seqserve update`: push a row delta or a full reload to a running server (CONTRACT §5)."""
+"""`seqserve update`: push a row delta or a full reload to a running server (docs/updates.md)."""
 
 from __future__ import annotations
 

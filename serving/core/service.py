@@ -65,7 +65,7 @@ class Service:
         self.limits = settings.limits
         self.engine = engine
         self.spec = engine.spec
-        self.version = 1  # of the weights served; CONTRACT section 5 counts updates from here
+        self.version = 1  # of the weights served; docs/updates.md counts updates from here
         self.rows = {f: t.num_embeddings for f, t in self.spec.table_of().items()}
         self.metrics = Metrics(
             queue_depth=lambda: self.batcher.queue_depth,

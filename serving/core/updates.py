@@ -1,4 +1,4 @@
-"""Weight updates (CONTRACT section 5): a row delta or a full reload, read and checked before
+"""Weight updates (docs/updates.md): a row delta or a full reload, read and checked before
 anything changes. numpy only (and the stored dtypes' rule of what they hold): the engines
 apply what this module accepts.
 

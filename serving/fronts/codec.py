@@ -137,7 +137,7 @@ def encode(
         ]
         doc: Any = {"predictions": maps} if instances else maps[0]
         return _MSGPACK_ENCODER.encode(doc), media
-    maps = [{"embeddings": {f: exact_floats(a) for f, a in ans.items()}} for ans in answers]
+    maps = [{"embeddings": {f: json_floats(a) for f, a in ans.items()}} for ans in answers]
     doc = {"predictions": maps} if instances else maps[0]
     return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY), JSON
 
@@ -259,18 +259,31 @@ def _accepted_msgpack(accept: str | None) -> str | None:
     return None
 
 
-# Why not orjson's own float32 printing: it prints the shortest decimal that reads back as the
-# float32 when parsed straight to float32, but JSON clients (Python, numpy, JS) parse a number to
-# a double and then round that to float32. Rounding twice can pick the wrong neighbour: float32
-# 0x15AE43FD prints as 7.038531e-26, whose nearest double is exactly the midpoint between it and
-# 0x15AE43FE, and ties-to-even then gives 0x15AE43FE. (A run over all 2**32 bit patterns with
-# orjson 3.13 found only that value and its negative.) Exact doubles always round-trip but cost
-# ~70% more bytes. So each value is sent as the double nearest its 8-significant-digit decimal,
-# or its 9-digit one where 8 digits do not pin the float32 (9 always do: they sit within 5e-9,
-# relative, of it, far from the rounding midpoints at >= 3e-8). orjson prints such a double as
-# that short decimal, so the output stays within a few % of shortest float32. Each double is
-# checked, vectorised, to round back to its float32 bits, so exactness does not rest on the
-# argument; a miss would go out as its exact double. About 5-8 ms per million floats.
+# JSON numbers: orjson prints a float32 array as each value's shortest decimal that reads back
+# as that float32 when parsed straight to float32. JSON clients (Python, numpy, JS) parse a
+# number to a double and round that to float32, and rounding twice can pick the wrong
+# neighbour: float32 0x15AE43FD prints as 7.038531e-26, whose nearest double is exactly the
+# midpoint between it and 0x15AE43FE, and ties-to-even then gives 0x15AE43FE. A run over all
+# 2**32 bit patterns with orjson 3.13 (pinned) found only that value and its negative, so
+# `json_floats` hands orjson the float32 rows as they are (the cheapest print: ~17 ns a
+# value), unless they hold one of those two; then `exact_floats` below, slower, sends each
+# value as the double nearest its 8-significant-digit decimal, or its 9-digit one where 8
+# digits do not pin the float32 (9 always do: they sit within 5e-9, relative, of it, far from
+# the rounding midpoints at >= 3e-8). Each double is checked, vectorised, to round back to its
+# float32 bits, so exactness does not rest on the argument; a miss would go out as its exact
+# double.
+_DOUBLE_ROUNDING_TRAP = 0x15AE43FD  # and its negative: the sign bit is masked off
+
+
+def json_floats(a: np.ndarray) -> np.ndarray:
+    """float32 values as orjson should print them: themselves, or `exact_floats`' doubles."""
+    a = np.ascontiguousarray(a, dtype=np.float32)  # orjson wants C-contiguous native arrays
+    bits = a.reshape(-1).view(np.uint32)
+    if ((bits & 0x7FFFFFFF) == _DOUBLE_ROUNDING_TRAP).any():
+        return exact_floats(a)
+    return a
+
+
 _P10 = 10.0 ** np.arange(-64, 65)  # _P10[k] = 10**(k - 64), exact for |k - 64| <= 22
 
 

@@ -222,7 +222,7 @@ def _encode(
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            entry["data"] = codec.exact_floats(a).reshape(-1)
+            entry["data"] = codec.json_floats(a).reshape(-1)
         entries.append(entry)
     doc: dict[str, Any] = {"model_name": model, "model_version": str(version)}
     if isinstance(request.get("id"), str):

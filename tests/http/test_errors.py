@@ -1,4 +1,4 @@
-"""Every status of CONTRACT section 3 from a real request, in the contract's error shape."""
+"""Every status of docs/http.md from a real request, in the contract's error shape."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Open Inference Protocol v2 (CONTRACT section 4) against a real `seqserve serve`, through
+"""The Open Inference Protocol v2 (docs/protocols.md) against a real `seqserve serve`, through
 the real clients: tritonclient over HTTP (JSON and binary tensors) and over gRPC."""
 
 from __future__ import annotations

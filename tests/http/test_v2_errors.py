@@ -1,4 +1,4 @@
-"""Every error of CONTRACT section 4 through both transports: the native statuses with the
+"""Every error of docs/protocols.md through both transports: the native statuses with the
 protocol's `{"error": ...}` body on REST, the mapped status codes on gRPC. The gRPC requests are
 built with tritonclient's own protocol messages, so they can be as malformed as a client's."""
 

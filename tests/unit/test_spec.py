@@ -1,4 +1,4 @@
-"""Every rule of CONTRACT section 1, each with the message a user sees."""
+"""Every rule of docs/spec.md, each with the message a user sees."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The v2 tensors -> sequences rules (CONTRACT section 4), without a server."""
+"""The v2 tensors -> sequences rules (docs/protocols.md), without a server."""
 
 from __future__ import annotations
 
