@@ -179,6 +179,13 @@ OPTIONS = (
 )
 BY_NAME = {o.name: o for o in OPTIONS}
 
+# TorchServe's own settings for `seqserve archive` and `seqserve torchserve` (its flags; the
+# host and inference port are those of `seqserve serve`).
+TS_BATCH_SIZE = 32  # batchSize
+TS_MAX_BATCH_DELAY_MS = 5  # maxBatchDelay
+TS_MANAGEMENT_PORT = 8081
+TS_METRICS_PORT = 8082
+
 
 @dataclass(frozen=True)
 class ServerSettings:

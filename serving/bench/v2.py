@@ -20,6 +20,8 @@ from collections.abc import Mapping
 import numpy as np
 import orjson
 
+from serving.settings import BY_NAME
+
 REST = "v2-binary"
 GRPC = "v2-grpc"
 FORMATS = (REST, GRPC)
@@ -27,7 +29,7 @@ INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 BINARY = "application/octet-stream"
 REST_HEADERS = {"Content-Type": BINARY}
-GRPC_PORT = 8081  # seqserve serve's default --grpc-port
+GRPC_PORT: int = BY_NAME["grpc_port"].default  # seqserve serve's default --grpc-port
 
 Request = Mapping[str, np.ndarray]  # feature -> int64 ids
 Outputs = dict[str, np.ndarray]  # feature -> float32 [n, dim]

@@ -6,12 +6,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from serving import settings as ts_defaults
 from serving.bench.options import add_flags as bench_flags
 from serving.commands.update import add_flags as update_flags
 from serving.commands.worker import add_flags as worker_flags
 from serving.config import ModelSpec
 from serving.errors import SeqServeError
-from serving.settings import add_flags
+from serving.settings import BY_NAME, add_flags
 
 
 def _demo_model(args: argparse.Namespace) -> None:
@@ -89,12 +90,17 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _batching_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", type=Path, help="model.yaml (default: the built-in demo)")
-    p.add_argument("--batch-size", type=int, default=32, help="TorchServe batchSize (default 32)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=ts_defaults.TS_BATCH_SIZE,
+        help=f"TorchServe batchSize (default {ts_defaults.TS_BATCH_SIZE})",
+    )
     p.add_argument(
         "--max-batch-delay-ms",
         type=int,
-        default=5,
-        help="TorchServe maxBatchDelay in ms (default 5)",
+        default=ts_defaults.TS_MAX_BATCH_DELAY_MS,
+        help=f"TorchServe maxBatchDelay in ms (default {ts_defaults.TS_MAX_BATCH_DELAY_MS})",
     )
 
 
@@ -123,14 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
     arch.set_defaults(run=_archive)
     ts = sub.add_parser("torchserve", help="archive a model and serve it with TorchServe (Java 17)")
     _batching_flags(ts)
+    host, port = BY_NAME["host"].default, BY_NAME["port"].default  # those of `seqserve serve`
     ts.add_argument(
         "--host",
-        default="127.0.0.1",
-        help="address for inference and metrics (default 127.0.0.1; management stays on it)",
+        default=host,
+        help=f"address for inference and metrics (default {host}; management stays on it)",
     )
-    ts.add_argument("--port", type=int, default=8080, help="inference port (default 8080)")
-    ts.add_argument("--management-port", type=int, default=8081)
-    ts.add_argument("--metrics-port", type=int, default=8082)
+    ts.add_argument("--port", type=int, default=port, help=f"inference port (default {port})")
+    ts.add_argument("--management-port", type=int, default=ts_defaults.TS_MANAGEMENT_PORT)
+    ts.add_argument("--metrics-port", type=int, default=ts_defaults.TS_METRICS_PORT)
     ts.add_argument(
         "--workdir",
         default="model_store/run",

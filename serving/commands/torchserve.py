@@ -24,6 +24,8 @@ from serving.errors import SpecError
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = Path(__file__).resolve().parents[1] / "templates"  # package data: in the wheel too
 HANDLER = ROOT / "handler" / "seqserve_handler.py"
+BATCH_SIZE, MAX_BATCH_DELAY_MS = settings.TS_BATCH_SIZE, settings.TS_MAX_BATCH_DELAY_MS
+MANAGEMENT_PORT, METRICS_PORT = settings.TS_MANAGEMENT_PORT, settings.TS_METRICS_PORT
 PACKAGE = ROOT / "serving"
 
 
@@ -31,8 +33,8 @@ def archive(
     spec: ModelSpec,
     export_path: Path,
     *,
-    batch_size: int = 32,
-    max_batch_delay_ms: int = 5,
+    batch_size: int = BATCH_SIZE,
+    max_batch_delay_ms: int = MAX_BATCH_DELAY_MS,
     device_type: str = "cpu",
 ) -> Path:
     """Build EXPORT_PATH/<name>.mar: the handler, the `serving` package, the spec and weights."""
@@ -114,10 +116,10 @@ def run(
     *,
     host: str = "127.0.0.1",
     port: int = 8080,
-    management_port: int = 8081,
-    metrics_port: int = 8082,
-    batch_size: int = 32,
-    max_batch_delay_ms: int = 5,
+    management_port: int = MANAGEMENT_PORT,
+    metrics_port: int = METRICS_PORT,
+    batch_size: int = BATCH_SIZE,
+    max_batch_delay_ms: int = MAX_BATCH_DELAY_MS,
 ) -> int:
     """Archive the model, start TorchServe in the foreground, stop it (and its ranks) on exit."""
     if shutil.which("java") is None:
