@@ -1,37 +1,25 @@
-"""TorchServe handler: a thin adapter over `serving`, for either engine.
+"""TorchServe handler: a thin adapter over an `Engine` and the native codec.
 
 `local` (the default): one worker holds the local engine, which drives every rank's kernels;
-no torchrun, no process group.
-
-`distributed`: TorchServe starts `nproc-per-node` processes with torchrun (`parallelType: tp`)
-and sends every batch to every one of them; only rank 0's reply goes back to the clients. So
-rank 0 looks up the whole batch and the other ranks join each collective with an empty one: no
-lookup is done twice.
+no torchrun, no process group. `distributed`: each torchrun worker is one rank of
+`serving.engine.distributed.torchrun`; only rank 0 (its `leader`) answers.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
-import torch
-import torch.distributed as dist
 
 from serving import settings
-from serving.config import ModelSpec, load_spec
-from serving.engine import weights
-from serving.engine.base import Answer
-from serving.engine.collate import Request, collate
+from serving.config import load_spec
+from serving.engine.base import Engine
 from serving.engine.devices import default_device
-from serving.engine.distributed import dmp
-from serving.engine.distributed.lookup import idle_batch, lookup, warm_up
+from serving.engine.distributed.torchrun import TorchrunEngine
 from serving.engine.local.engine import LocalEngine
 from serving.engine.quiet import quiet_torch_logs
-from serving.engine.split import split
 from serving.errors import InvalidInput, PayloadTooLarge, SeqServeError, http_status
 from serving.fronts import codec
 
@@ -41,11 +29,7 @@ log = logging.getLogger(__name__)
 class SeqServeHandler:
     def __init__(self) -> None:
         self.initialized = False
-        self.rank = 0
-        self.spec: ModelSpec | None = None
-        self.engine: LocalEngine | None = None  # the local engine
-        self.model: torch.nn.Module | None = None  # the distributed engine: this rank's shards
-        self.device = torch.device("cpu")
+        self.engine: Engine | None = None
         self.limits = settings.limits({})
         self.rows: dict[str, int] = {}
 
@@ -55,39 +39,20 @@ class SeqServeHandler:
         model_dir = Path(context.system_properties["model_dir"])
         # The spec may live outside the archive, for tables too big to zip.
         spec = load_spec(model_dir / options.get("spec", "model.yaml"))
+        engine: Engine
         if spec.sharding.engine == "local":
-            self.engine = LocalEngine(spec, device=default_device())
-            self.engine.start()
+            engine = LocalEngine(spec, device=default_device())
         else:
-            self._join_group(spec)
+            engine = TorchrunEngine(spec)
+        engine.start()
+        self.engine = engine
         self.limits = settings.limits(options)
-        self.spec = spec
         self.rows = {f: t.num_embeddings for f, t in spec.table_of().items()}
         self.initialized = True
         log.info("seqserve ready for '%s' (%s engine)", spec.name, spec.sharding.engine)
 
-    def _join_group(self, spec: ModelSpec) -> None:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        if world != spec.sharding.world_size:
-            raise ValueError(
-                f"torchrun started {world} ranks but '{spec.name}' is planned for "
-                f"{spec.sharding.world_size}: set torchrun nproc-per-node to match"
-            )
-        self.rank = int(os.environ.get("RANK", "0"))
-        if torch.cuda.is_available():
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(self.device)
-        if not dist.is_initialized():
-            # torchrun set MASTER_ADDR/PORT, RANK and WORLD_SIZE: the env:// rendezvous.
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-        weights.check(spec)
-        self.model = dmp.shard(spec, self.device)
-        weights.load(spec, self.model, self.rank)
-        warm_up(spec, self.model, self.device)
-        log.info("seqserve rank %d of %d joined", self.rank, world)
-
     def handle(self, data: list[dict[str, Any]], context: Any) -> list[bytes]:
-        assert self.spec is not None
+        assert self.engine is not None
         log.info("seqserve batch size %d", len(data))
         decoded: list[codec.Decoded | None] = []
         replies: list[bytes] = []
@@ -102,13 +67,8 @@ class SeqServeHandler:
         flat = [r for d in decoded if d is not None for r in d.requests]
         if not flat:
             return replies
-        if self.engine is not None:
-            answers = iter(self.engine.forward(flat))
-        elif self.rank == 0:
-            answers = iter(self._rank_zero(flat))
-        else:
-            assert self.model is not None
-            lookup(self.model, self.device, self.spec.features, *idle_batch(self.spec.features))
+        answers = iter(self.engine.forward(flat))
+        if not getattr(self.engine, "leader", True):
             return replies  # TorchServe returns rank 0's replies only
         for i, d in enumerate(decoded):
             if d is None:
@@ -119,16 +79,7 @@ class SeqServeHandler:
             replies[i] = body
         return replies
 
-    def _rank_zero(self, flat: Sequence[Request]) -> list[Answer]:
-        """The whole batch through rank 0's sharded forward (its peers join with nothing)."""
-        assert self.spec is not None and self.model is not None
-        batch = collate(flat, self.spec.features, self.rows)
-        values = lookup(self.model, self.device, batch.keys, batch.lengths, batch.values)
-        outputs = {k: v.cpu().numpy() for k, v in zip(batch.keys, values, strict=True)}
-        return split(batch, outputs, flat)
-
     def _decode(self, row: dict[str, Any], content_type: str | None) -> codec.Decoded:
-        assert self.spec is not None
         body = row.get("body", row.get("data"))
         if body is None:
             raise InvalidInput("the request has no body")
