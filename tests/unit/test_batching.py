@@ -371,3 +371,43 @@ def test_stop_without_drain_fails_what_is_left() -> None:
         assert engine.batches == [[0]]
 
     run(main())
+
+
+def test_by_default_a_batch_goes_at_once_and_the_next_gathers_while_the_engine_works() -> None:
+    async def main() -> None:
+        engine = Engine(gated=True)
+        batcher = Batcher(engine, batch_settings())  # max_delay_ms and max_gap_ms are 0
+        batcher.start()
+        first = spawn(batcher, 1)
+        await until(lambda: engine.batches == [[1]])  # no wait for company: the engine was free
+        rest = [spawn(batcher, i) for i in (2, 3, 4)]
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert engine.batches == [[1]]  # the engine is busy: they wait for it, together
+        engine.gate.set()
+        assert await asyncio.gather(first, *rest) == [10, 20, 30, 40]
+        assert engine.batches == [[1], [2, 3, 4]]
+        await batcher.stop()
+
+    run(main())
+
+
+def test_a_request_counts_its_sequences_against_the_batch_and_the_queue() -> None:
+    async def main() -> None:
+        engine = Engine(gated=True)
+        settings = batch_settings(max_batch_size=4, max_queue=10)
+        batcher = Batcher(engine, settings)
+        batcher.start()
+        head = spawn(batcher, 0)
+        await until(lambda: len(engine.batches) == 1)  # the engine is busy with it
+        a, b = spawn(batcher, 1, size=3), spawn(batcher, 2, size=2)  # 3 + 2 > 4: two batches
+        assert batcher.queue_depth == 5
+        with pytest.raises(QueueFull):
+            batcher.enqueue(3, 1, size=6)  # 5 + 6 sequences would pass max_queue 10
+        big = spawn(batcher, 4, size=5)  # more than a batch: it goes alone
+        engine.gate.set()
+        assert await asyncio.gather(head, a, b, big) == [0, 10, 20, 40]
+        assert engine.batches == [[0], [1], [2], [4]]
+        await batcher.stop()
+
+    run(main())
