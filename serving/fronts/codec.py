@@ -37,8 +37,9 @@ class _Sequence(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class _Body(msgspec.Struct, forbid_unknown_fields=True):
-    features: dict[str, list[int]] | None = None
-    instances: list[_Sequence] | None = None
+    # UNSET, not None: a body naming a key as null is refused here, as the checks below do.
+    features: dict[str, list[int]] | msgspec.UnsetType = msgspec.UNSET
+    instances: list[_Sequence] | msgspec.UnsetType = msgspec.UNSET
 
 
 # Typed decoders: a well-formed body is parsed and its types checked in C in one pass
@@ -61,9 +62,9 @@ def decode(
         doc = _DECODERS[kind].decode(body)
     except (msgspec.ValidationError, msgspec.DecodeError):
         return _decode_checked(_parse(body, kind), rows, limits)
-    if doc.instances is None and doc.features is not None:
+    if doc.instances is msgspec.UNSET and doc.features is not msgspec.UNSET:
         raw = [doc.features]
-    elif doc.features is None and doc.instances:
+    elif doc.features is msgspec.UNSET and doc.instances:
         if len(doc.instances) > limits.max_instances:
             raise _too_many_instances(len(doc.instances), limits)
         raw = [s.features for s in doc.instances]
@@ -77,7 +78,7 @@ def decode(
             total += len(values)
     _check_total(total, limits)
     if len(raw) == 1:
-        return Decoded([_checked(raw[0], "features", rows)], doc.instances is not None)
+        return Decoded([_checked(raw[0], "features", rows)], doc.instances is not msgspec.UNSET)
     return Decoded([_checked(f, f"instances[{i}].features", rows) for i, f in enumerate(raw)], True)
 
 
