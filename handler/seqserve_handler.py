@@ -120,8 +120,7 @@ class SeqServeHandler:
     def _rank_zero(self, flat: Sequence[Request]) -> list[Answer]:
         """The whole batch through rank 0's sharded forward (its peers join with nothing)."""
         assert self.spec is not None and self.model is not None
-        rows = {f: t.num_embeddings for f, t in self.spec.table_of().items()}
-        batch = collate(flat, self.spec.features, rows)
+        batch = collate(flat, self.spec.features)
         values = lookup(self.model, self.device, batch.keys, batch.lengths, batch.values)
         outputs = {k: v.cpu().numpy() for k, v in zip(batch.keys, values, strict=True)}
         return split(batch, outputs, flat)

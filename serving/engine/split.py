@@ -1,4 +1,8 @@
-"""Per-feature outputs of one batch -> per-request arrays (pure numpy)."""
+"""Per-feature outputs of one batch -> per-request arrays (pure numpy).
+
+Every answer is a view of the batch's output buffers: split makes one numpy view per (request,
+feature) and one dict per request, from offsets computed once per key, with no copy.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,10 @@ import numpy as np
 
 from serving.engine.collate import Batch, Request
 
+# A run of consecutive requests ending before request `end`, and its rows: outputs[key] holds
+# the rows of every id of `key` of those requests, request-major as collated.
+Part = tuple[int, Mapping[str, np.ndarray]]
+
 
 def split(
     batch: Batch, outputs: Mapping[str, np.ndarray], requests: Sequence[Request]
@@ -16,12 +24,28 @@ def split(
 
     Each request gets the features it named, as views into `outputs`, in request order.
     """
-    lengths = batch.lengths_by_key()
-    answers: list[dict[str, np.ndarray]] = [{} for _ in requests]
+    return split_parts(batch, [(batch.stride, outputs)], requests)
+
+
+def split_parts(
+    batch: Batch, parts: Sequence[Part], requests: Sequence[Request]
+) -> list[dict[str, np.ndarray]]:
+    """As `split`, with the batch's rows in parts of consecutive requests, in order."""
+    offsets = batch.offsets
+    views: list[list[np.ndarray]] = []
     for k, key in enumerate(batch.keys):
-        starts = np.concatenate([[0], np.cumsum(lengths[k])])
-        rows = outputs[key]
-        for i, req in enumerate(requests):
-            if key in req:
-                answers[i][key] = rows[starts[i] : starts[i + 1]]
-    return answers
+        mine: list[np.ndarray] = []
+        start = 0
+        for end, outputs in parts:
+            edges = offsets[k, start : end + 1]
+            at = (edges - edges[0]).tolist()
+            mine.extend(map(outputs[key].__getitem__, map(slice, at, at[1:])))
+            start = end
+        views.append(mine)
+    keys = batch.keys
+    if batch.every_key:
+        return [dict(zip(keys, row, strict=True)) for row in zip(*views, strict=True)]
+    return [
+        {k: v for k, v in zip(keys, row, strict=True) if k in req}
+        for row, req in zip(zip(*views, strict=True), requests, strict=True)
+    ]
