@@ -6,7 +6,7 @@ feature) and one dict per request, from offsets computed once per key, with no c
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -28,24 +28,26 @@ def split(
 
 
 def split_parts(
-    batch: Batch, parts: Sequence[Part], requests: Sequence[Request]
+    batch: Batch, parts: Iterable[Part], requests: Sequence[Request]
 ) -> list[dict[str, np.ndarray]]:
     """As `split`, with the batch's rows in parts of consecutive requests, in order."""
     offsets = batch.offsets
-    views: list[list[np.ndarray]] = []
-    for k, key in enumerate(batch.keys):
-        mine: list[np.ndarray] = []
-        start = 0
-        for end, outputs in parts:
+    keys = batch.keys
+    answers: list[dict[str, np.ndarray]] = []
+    start = 0
+    for end, outputs in parts:
+        views = []
+        for k, key in enumerate(keys):
             edges = offsets[k, start : end + 1]
             at = (edges - edges[0]).tolist()
-            mine.extend(map(outputs[key].__getitem__, map(slice, at, at[1:])))
-            start = end
-        views.append(mine)
-    keys = batch.keys
-    if batch.every_key:
-        return [dict(zip(keys, row, strict=True)) for row in zip(*views, strict=True)]
-    return [
-        {k: v for k, v in zip(keys, row, strict=True) if k in req}
-        for row, req in zip(zip(*views, strict=True), requests, strict=True)
-    ]
+            views.append(list(map(outputs[key].__getitem__, map(slice, at, at[1:]))))
+        # zip without strict: its end-of-input check costs ~40% of building the dicts.
+        if batch.every_key:
+            answers.extend(dict(zip(keys, row, strict=False)) for row in zip(*views, strict=False))
+        else:
+            answers.extend(
+                {k: v for k, v in zip(keys, row, strict=False) if k in req}
+                for row, req in zip(zip(*views, strict=False), requests[start:end], strict=False)
+            )
+        start = end
+    return answers

@@ -55,19 +55,14 @@ class Lookup:
             for k in self.kernels
         ]
 
-    def rows(self, batch: Batch) -> int:
-        """Rows looked up for a batch, over every kernel."""
-        per_key = batch.ids_per_key()
-        return int(sum(per_key[k.slot_keys].sum() for k in self.kernels))
-
     def cpu(
         self, batch: Batch, buffers: AnswerBuffers, pool: ThreadPoolExecutor | None, workers: int
     ) -> list[Part]:
         """The batch's rows on CPU, in parts of consecutive requests; `pool` has `workers`."""
-        looked_up = self.rows(batch)
+        per_key = batch.ids_per_key().tolist()
+        looked_up = sum(per_key[k] for kernel in self.kernels for k in kernel.slot_keys)
         parallel = pool is not None and looked_up >= PARALLEL_MIN_ROWS
         ends = _cuts(batch, looked_up, workers if parallel else 1)
-        per_key = batch.ids_per_key().tolist()
         starts = list(accumulate(per_key, initial=0))  # each key's first id in batch.values
         bounds = batch.offsets[:, [0, *ends]].tolist()  # [key][part edge] within the key
         big = looked_up >= TORCH_COPY_MIN_ROWS
@@ -115,7 +110,7 @@ class Lookup:
             return out
 
         jobs = [(i, part) for part in range(len(ends)) for i in range(len(self.kernels))]
-        done = list(pool.map(run, jobs)) if pool is not None and parallel else list(map(run, jobs))
+        done = list((pool.map if pool is not None and parallel else map)(run, jobs))
         parts: list[Part] = []
         for part, end in enumerate(ends):
             outputs: dict[str, np.ndarray] = {}
