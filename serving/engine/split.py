@@ -6,7 +6,10 @@ feature) and one dict per request, from offsets computed once per key, with no c
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import repeat
+from operator import setitem
 
 import numpy as np
 
@@ -32,22 +35,20 @@ def split_parts(
 ) -> list[dict[str, np.ndarray]]:
     """As `split`, with the batch's rows in parts of consecutive requests, in order."""
     offsets = batch.offsets
-    keys = batch.keys
-    answers: list[dict[str, np.ndarray]] = []
+    answers: list[dict[str, np.ndarray]] = [{} for _ in range(batch.stride)]
     start = 0
     for end, outputs in parts:
-        views = []
-        for k, key in enumerate(keys):
+        mine = answers[start:end]
+        for k, key in enumerate(batch.keys):
             edges = offsets[k, start : end + 1]
             at = (edges - edges[0]).tolist()
-            views.append(list(map(outputs[key].__getitem__, map(slice, at, at[1:]))))
-        # zip without strict: its end-of-input check costs ~40% of building the dicts.
-        if batch.every_key:
-            answers.extend(dict(zip(keys, row, strict=False)) for row in zip(*views, strict=False))
-        else:
-            answers.extend(
-                {k: v for k, v in zip(keys, row, strict=False) if k in req}
-                for row, req in zip(zip(*views, strict=False), requests[start:end], strict=False)
-            )
+            views = map(outputs[key].__getitem__, map(slice, at, at[1:]))
+            if batch.every_key:
+                # setitem through map: no bytecode per request (~1.5x dict(zip(...)) per request)
+                deque(map(setitem, mine, repeat(key), views), maxlen=0)
+            else:
+                for answer, view, req in zip(mine, views, requests[start:end], strict=False):
+                    if key in req:
+                        answer[key] = view
         start = end
     return answers
