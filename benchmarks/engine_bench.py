@@ -1,6 +1,7 @@
-"""Engines side by side: unsharded EmbeddingCollection, local engine, distributed engine and
-one core's index_select, on the demo model (3 features over 2 tables, dim 64, column-wise
-[0,1,0,1] / [1,0,1,0] over 2 ranks) and the same requests.
+"""Engines side by side: unsharded EmbeddingCollection, local engine (packed per device, the
+default, and per rank: the stitched layout), distributed engine and one core's index_select,
+on the demo model (3 features over 2 tables, dim 64, column-wise [0,1,0,1] / [1,0,1,0] over 2
+ranks) and the same requests.
 
 Every path but index_select includes collate and split, so a ratio is what sharding costs end
 to end. Measurements are interleaved (each round runs a short block of every path, in turn)
@@ -38,7 +39,7 @@ from serving.engine.distributed.driver import DistributedEngine
 from serving.engine.local.engine import LocalEngine
 from serving.engine.split import split
 
-PATHS = ("unsharded", "local", "distributed", "index_select_1core")
+PATHS = ("unsharded", "local", "local_per_rank", "distributed", "index_select_1core")
 
 
 def make_requests(spec, count: int, mean_len: int, rng) -> list[dict[str, np.ndarray]]:
@@ -119,13 +120,14 @@ def main() -> None:
         return
 
     spec = demo_spec()
-    rows = {f: t.num_embeddings for f, t in spec.table_of().items()}
     tables = weights.full_tables(spec)
     device = torch.device(args.device)
     ec = model.unsharded(spec, tables).to(device)
     rng = np.random.default_rng(0)
     local = LocalEngine(spec, device=args.device)
     local.start()
+    per_rank = LocalEngine(with_pack(spec, "rank"), device=args.device)
+    per_rank.start()
     dist = None if args.no_distributed else DistributedEngine(spec, device=args.device)
     if dist is not None:
         dist.start()
@@ -137,9 +139,10 @@ def main() -> None:
             stages: list[dict[str, float]] = []  # the local engine's stage times, per call
             paths: dict[str, Callable[[], object]] = {
                 "unsharded": lambda reqs=reqs: split(
-                    *_as_numpy(unsharded_rows(ec, spec.features, rows, reqs, device)), reqs
+                    *_as_numpy(unsharded_rows(ec, spec.features, reqs, device)), reqs
                 ),
                 "local": recording(local, reqs, stages),
+                "local_per_rank": lambda reqs=reqs: per_rank.forward(reqs),
                 "index_select_1core": gather_1core(tables["items"], reqs),
             }
             if dist is not None:
@@ -149,6 +152,9 @@ def main() -> None:
             row["local_stages_ms"] = {
                 k: statistics.median(t[k] for t in stages[1:]) * 1e3 for k in stages[-1]
             }
+            row["collate_split_us_per_sequence"] = (
+                statistics.median(t["collate_s"] + t["split_s"] for t in stages[1:]) * 1e6 / size
+            )
             for p, t in medians.items():
                 row[f"{p}_ms"] = t * 1e3
                 row[f"{p}_ids_per_s"] = ids / t
@@ -156,6 +162,7 @@ def main() -> None:
             print(f"measured {size} sequences ({ids} ids)", flush=True)
     finally:
         local.close()
+        per_rank.close()
         if dist is not None:
             dist.close()
     report(results)
@@ -186,6 +193,10 @@ def interleaved(
             fn()
             times[p].extend(timed(fn) for _ in range(args.block))
     return {p: statistics.median(ts) for p, ts in times.items()}
+
+
+def with_pack(spec: ModelSpec, pack: str) -> ModelSpec:
+    return spec.model_copy(update={"sharding": spec.sharding.model_copy(update={"pack": pack})})
 
 
 def stored_as(dtype: str) -> ModelSpec:
@@ -251,21 +262,25 @@ def report(results: list[dict[str, Any]]) -> None:
         v = r.get(f"{p}_ids_per_s")
         return "—" if v is None else f"{v / 1e6:.2f} M"
 
-    def ratio(r: dict[str, Any], p: str) -> str:
+    def ratio(r: dict[str, Any], p: str, to: str = "unsharded") -> str:
         v = r.get(f"{p}_ids_per_s")
-        return "—" if v is None else f"{v / r['unsharded_ids_per_s']:.2f}x"
+        return "—" if v is None else f"{v / r[f'{to}_ids_per_s']:.2f}x"
 
     print()
     print(
-        "| requests/batch | ids/batch | unsharded ids/s | local ids/s | local/unsharded | "
-        "distributed ids/s | distributed/unsharded | index_select 1 core |"
+        "| requests/batch | ids/batch | unsharded ids/s | local ids/s | local/unsharded "
+        "| local/index_select | per-rank local/unsharded | per-rank local/index_select "
+        "| distributed/unsharded | index_select 1 core | collate+split us/request |"
     )
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         print(
             f"| {r['sequences']} | {r['ids']} | {rate(r, 'unsharded')} | {rate(r, 'local')} "
-            f"| **{ratio(r, 'local')}** | {rate(r, 'distributed')} | {ratio(r, 'distributed')} "
-            f"| {rate(r, 'index_select_1core')} |"
+            f"| **{ratio(r, 'local')}** | **{ratio(r, 'local', 'index_select_1core')}** "
+            f"| {ratio(r, 'local_per_rank')} "
+            f"| {ratio(r, 'local_per_rank', 'index_select_1core')} "
+            f"| {ratio(r, 'distributed')} | {rate(r, 'index_select_1core')} "
+            f"| {r['collate_split_us_per_sequence']:.2f} |"
         )
     print("\nLocal engine stages (ms per batch, medians):")
     for r in results:

@@ -24,6 +24,10 @@ ENGINE_KINDS: tuple[str, ...] = get_args(EngineKind)
 # row-wise format, a scale and a bias per row.
 Dtype = Literal["fp32", "fp16", "int8"]
 DTYPES: tuple[str, ...] = get_args(Dtype)
+# The local engine's layout: a device's shards of a table packed into one table ("device": on
+# a CPU, or one GPU, every table whole, read once per id with no stitch), or each rank's apart
+# ("rank": the stitch of column shards, as ranks on separate devices need).
+Pack = Literal["device", "rank"]
 
 
 class _Strict(BaseModel):
@@ -47,6 +51,7 @@ class ShardingSpec(_Strict):
     world_size: int = Field(ge=1)
     tables: dict[str, TablePlacement] = Field(default_factory=dict)
     engine: EngineKind = "local"
+    pack: Pack = "device"  # the local engine's; the distributed engine's ranks hold their own
 
 
 class WeightsSpec(_Strict):

@@ -33,12 +33,11 @@ from serving.engine.quiet import quiet_torch_logs
 def unsharded_rows(
     ec: torch.nn.Module,
     keys: Sequence[str],
-    rows: Mapping[str, int],
     requests: Sequence[Request],
     device: torch.device | None = None,
 ) -> tuple[Batch, dict[str, torch.Tensor]]:
     """The unsharded model's rows for one collated batch: the in-process reference path."""
-    b = collate(requests, keys, rows)
+    b = collate(requests, keys)
     kjt = KeyedJaggedTensor(
         keys=list(b.keys), values=torch.from_numpy(b.values), lengths=torch.from_numpy(b.lengths)
     )
@@ -95,11 +94,10 @@ def unsharded_rate(
 ) -> dict[str, Any]:
     quiet_torch_logs()
     ec = unsharded(spec, tables)
-    rows = {f: t.num_embeddings for f, t in spec.table_of().items()}
     groups = batches(requests, batch)
 
     def step(k: int) -> int:
-        _, out = unsharded_rows(ec, spec.features, rows, groups[k])
+        _, out = unsharded_rows(ec, spec.features, groups[k])
         return sum(int(v.shape[0]) for v in out.values())
 
     with torch_threads(threads) as used:

@@ -1,20 +1,25 @@
 """Requests -> one key-major KeyedJaggedTensor layout (pure numpy, no torch).
 
-Every batch goes through `collate`, whichever front built it, so the id-range check here is
-the last gate before a lookup: an out-of-range id never reaches FBGEMM.
+Collate trusts its input: every id reaching an engine has been checked against its table by
+the front that decoded it, and every feature named is one of the model's. Its cost is per batch
+and per array, not per id: one pass to gather every sequence's array in key-major order, one
+to read their lengths, and one concatenation of their bytes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
+from itertools import chain
+from operator import itemgetter
 
 import numpy as np
 
-from serving.errors import InvalidInput
-
 # One request: feature name -> int64 ids. Features it does not name are empty sequences.
 Request = Mapping[str, np.ndarray]
+
+EMPTY = np.zeros(0, dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,7 @@ class Batch:
     lengths: np.ndarray  # int32 [len(keys) * stride], key-major: all requests of key 0 first
     values: np.ndarray  # int64 [sum(lengths)]
     stride: int  # number of requests
+    every_key: bool = False  # every request names every key (split need not ask which)
 
     def lengths_by_key(self) -> np.ndarray:
         return self.lengths.reshape(len(self.keys), self.stride)
@@ -30,47 +36,43 @@ class Batch:
     def ids_per_key(self) -> np.ndarray:
         return self.lengths_by_key().sum(axis=1)
 
+    @cached_property
+    def offsets(self) -> np.ndarray:
+        """int64 [len(keys), stride + 1]: where each request's ids of a key start among that
+        key's ids, and their count as the last column (computed once per batch)."""
+        out = np.zeros((len(self.keys), self.stride + 1), dtype=np.int64)
+        np.cumsum(self.lengths_by_key(), axis=1, out=out[:, 1:])
+        return out
 
-def collate(requests: Sequence[Request], keys: Sequence[str], rows: Mapping[str, int]) -> Batch:
-    """Pack requests into one batch; `rows[f]` is the table size of feature f."""
+
+def collate(requests: Sequence[Request], keys: Sequence[str]) -> Batch:
+    """Pack requests into one batch, keys in the given order."""
+    keys = tuple(keys)
     stride = len(requests)
-    empty = np.zeros(0, dtype=np.int64)
-    lengths = np.zeros((len(keys), stride), dtype=np.int32)
-    chunks: list[np.ndarray] = []
-    for k, key in enumerate(keys):
-        column = [req.get(key, empty) for req in requests]
-        lengths[k] = [len(ids) for ids in column]
-        chunks.extend(column)
-    for i, req in enumerate(requests):
-        unknown = set(req) - set(keys)
-        if unknown:
-            raise InvalidInput(f"request {i}: unknown feature '{sorted(unknown)[0]}'")
-    values = np.concatenate(chunks).astype(np.int64, copy=False) if chunks else empty
-    batch = Batch(tuple(keys), lengths.reshape(-1), values, stride)
-    check_ranges(batch, rows)
-    return batch
+    try:
+        # Every request names every key (the common case): one C-level call per request.
+        get = itemgetter(*keys) if len(keys) > 1 else (lambda r: (r[keys[0]],))
+        chunks = list(chain.from_iterable(zip(*map(get, requests), strict=True)))
+        every_key = True
+    except KeyError:
+        chunks = [r.get(k, EMPTY) for k in keys for r in requests]
+        every_key = False
+    lengths = np.fromiter(map(len, chunks), dtype=np.int32, count=len(chunks))
+    return Batch(keys, lengths, _concatenate(chunks, int(lengths.sum())), stride, every_key)
 
 
-def check_ranges(batch: Batch, rows: Mapping[str, int]) -> None:
-    """Refuse any id outside [0, rows) with the feature, request and position that hold it."""
-    offsets = np.concatenate([[0], np.cumsum(batch.ids_per_key())])
-    for k, key in enumerate(batch.keys):
-        ids = batch.values[offsets[k] : offsets[k + 1]]
-        if ids.size == 0:
-            continue
-        bad = (ids < 0) | (ids >= rows[key])
-        if not bad.any():
-            continue
-        first = int(np.argmax(bad))
-        starts = np.concatenate([[0], np.cumsum(batch.lengths_by_key()[k])])
-        req = int(np.searchsorted(starts, first, side="right") - 1)
-        pos = first - int(starts[req])
-        raise InvalidInput(
-            f"features.{key}[{pos}]: id {int(ids[first])} is outside [0, {rows[key]})"
-            + (f" (request {req})" if batch.stride > 1 else ""),
-            field=f"features.{key}",
-            position=pos,
-        )
+def _concatenate(chunks: list[np.ndarray], total: int) -> np.ndarray:
+    """int64 arrays -> one, through their bytes: ~3x numpy's concatenate on many short arrays.
+    Anything else (a list, a narrower dtype, a strided view) takes numpy's way."""
+    if total == 0:
+        return EMPTY
+    try:
+        joined = bytearray().join(chunks)  # type: ignore[arg-type]
+    except (TypeError, ValueError, BufferError):
+        joined = bytearray()
+    if len(joined) == 8 * total:
+        return np.frombuffer(joined, dtype=np.int64)
+    return np.concatenate(chunks).astype(np.int64, copy=False)
 
 
 def slices(requests: Sequence[Request], parts: int) -> list[slice]:

@@ -10,14 +10,19 @@ from serving.engine import stored
 
 def model(spec: ModelSpec, served: dict[str, Any]) -> dict[str, Any]:
     """The spec as served, the engine (`served`: what `describe` of an engine knows of its
-    ranks, with `rank_devices`), and for every table where each shard lives and its bytes."""
+    ranks, with `rank_devices`), and for every table where each shard lives and its bytes.
+
+    Bytes are counted where the weights are held: per entry of `served["devices"]` (the local
+    engine's packs, each with its `ranks`, whose shards of a table are one packed table), else
+    per rank (each distributed rank holds its own)."""
     plan = spec.plan()
     served = dict(served)
     devices = served.pop("rank_devices")
-    held = stored.bytes_per_rank(spec)
-    for rank in served["ranks"]:
-        rank["bytes"] = sum(held[rank["rank"]].values())
-        rank["tables"] = held[rank["rank"]]
+    holders = served.get("devices") or served["ranks"]
+    held = stored.bytes_held(spec, [h.get("ranks", [h.get("rank")]) for h in holders])
+    for holder, tables in zip(holders, held, strict=True):
+        holder["bytes"] = sum(tables.values())
+        holder["tables"] = tables
     return {
         "name": spec.name,
         "world_size": spec.sharding.world_size,
@@ -29,7 +34,7 @@ def model(spec: ModelSpec, served: dict[str, Any]) -> dict[str, Any]:
                 "num_embeddings": t.num_embeddings,
                 "embedding_dim": t.embedding_dim,
                 "dtype": t.dtype,
-                "bytes": sum(tables.get(t.name, 0) for tables in held.values()),
+                "bytes": sum(tables.get(t.name, 0) for tables in held),
                 "features": t.features,
                 "sharding": plan[t.name].kind,
                 "shards": [

@@ -1,12 +1,23 @@
-"""Per-feature outputs of one batch -> per-request arrays (pure numpy)."""
+"""Per-feature outputs of one batch -> per-request arrays (pure numpy).
+
+Every answer is a view of the batch's output buffers: split makes one numpy view per (request,
+feature) and one dict per request, from offsets computed once per key, with no copy.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import repeat
+from operator import setitem
 
 import numpy as np
 
 from serving.engine.collate import Batch, Request
+
+# A run of consecutive requests ending before request `end`, and its rows: outputs[key] holds
+# the rows of every id of `key` of those requests, request-major as collated.
+Part = tuple[int, Mapping[str, np.ndarray]]
 
 
 def split(
@@ -16,12 +27,28 @@ def split(
 
     Each request gets the features it named, as views into `outputs`, in request order.
     """
-    lengths = batch.lengths_by_key()
-    answers: list[dict[str, np.ndarray]] = [{} for _ in requests]
-    for k, key in enumerate(batch.keys):
-        starts = np.concatenate([[0], np.cumsum(lengths[k])])
-        rows = outputs[key]
-        for i, req in enumerate(requests):
-            if key in req:
-                answers[i][key] = rows[starts[i] : starts[i + 1]]
+    return split_parts(batch, [(batch.stride, outputs)], requests)
+
+
+def split_parts(
+    batch: Batch, parts: Iterable[Part], requests: Sequence[Request]
+) -> list[dict[str, np.ndarray]]:
+    """As `split`, with the batch's rows in parts of consecutive requests, in order."""
+    offsets = batch.offsets
+    answers: list[dict[str, np.ndarray]] = [{} for _ in range(batch.stride)]
+    start = 0
+    for end, outputs in parts:
+        mine = answers[start:end]
+        for k, key in enumerate(batch.keys):
+            edges = offsets[k, start : end + 1]
+            at = (edges - edges[0]).tolist()
+            views = map(outputs[key].__getitem__, map(slice, at, at[1:]))
+            if batch.every_key:
+                # setitem through map: no bytecode per request (~1.5x dict(zip(...)) per request)
+                deque(map(setitem, mine, repeat(key), views), maxlen=0)
+            else:
+                for answer, view, req in zip(mine, views, requests[start:end], strict=False):
+                    if key in req:
+                        answer[key] = view
+        start = end
     return answers

@@ -9,6 +9,7 @@ equal to TorchRec's unsharded `QuantEmbeddingCollection`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import fbgemm_gpu  # noqa: F401  (registers torch.ops.fbgemm)
@@ -52,15 +53,23 @@ def row_bytes(width: int, dtype: Dtype) -> int:
     return width * TORCH_DTYPE[dtype].itemsize
 
 
-def bytes_per_rank(spec: ModelSpec) -> dict[int, dict[str, int]]:
-    """What each rank holds, per table, as stored: its columns of every row, plus one scale
-    and bias per row for an int8 table (its shards on one rank share them)."""
+def bytes_held(spec: ModelSpec, groups: Sequence[Sequence[int]]) -> list[dict[str, int]]:
+    """What each group of ranks holds, per table, as stored, its shards of a table packed
+    together: their columns of every row, plus one scale and bias per row for an int8 table."""
     plan = spec.plan()
-    out: dict[int, dict[str, int]] = {r: {} for r in range(spec.sharding.world_size)}
+    group_of = {r: i for i, g in enumerate(groups) for r in g}
+    out: list[dict[str, int]] = [{} for _ in groups]
     for t in spec.tables:
         widths: dict[int, int] = {}
         for s in plan[t.name].shards:
-            widths[s.rank] = widths.get(s.rank, 0) + s.end - s.start
-        for rank, width in widths.items():
-            out[rank][t.name] = t.num_embeddings * row_bytes(width, t.dtype)
+            g = group_of[s.rank]
+            widths[g] = widths.get(g, 0) + s.end - s.start
+        for g, width in sorted(widths.items()):
+            out[g][t.name] = t.num_embeddings * row_bytes(width, t.dtype)
     return out
+
+
+def bytes_per_rank(spec: ModelSpec) -> dict[int, dict[str, int]]:
+    """What each rank holds on its own, per table, as stored."""
+    world = spec.sharding.world_size
+    return dict(enumerate(bytes_held(spec, [[r] for r in range(world)])))

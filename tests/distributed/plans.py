@@ -11,6 +11,23 @@ from serving.engine.base import Engine
 from serving.engine.factory import create
 
 ENGINES = ["local", "distributed"]
+# The local engine's layouts (sharding.pack): every test of it runs both.
+PACKS = ("device", "rank")
+
+
+def packed(spec: ModelSpec, pack: str) -> ModelSpec:
+    """`spec` with the local engine's layout `pack`."""
+    return spec.model_copy(update={"sharding": spec.sharding.model_copy(update={"pack": pack})})
+
+
+def assert_same(want: list[dict[str, np.ndarray]], got: list[dict[str, np.ndarray]]) -> None:
+    """Two engines' answers to one batch, bit for bit."""
+    assert len(got) == len(want)
+    for i, (a, b) in enumerate(zip(want, got, strict=True)):
+        assert a.keys() == b.keys(), i
+        for k in a:
+            assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, (i, k)
+            assert np.array_equal(a[k].view(np.uint32), b[k].view(np.uint32)), (i, k)
 
 
 def engine_for(kind: str, spec: ModelSpec, dispatch: str = "split", device: str = "cpu") -> Any:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+
 import numpy as np
 import pytest
 import torch
@@ -10,8 +12,16 @@ from hypothesis import strategies as st
 
 from serving.config import DTYPES, ModelSpec
 from serving.engine import weights
-from serving.errors import InvalidInput
-from tests.distributed.plans import ENGINES, engine_for, requests, spec
+from serving.engine.local.lookup import PARALLEL_MIN_ROWS
+from tests.distributed.plans import (
+    ENGINES,
+    PACKS,
+    assert_same,
+    engine_for,
+    packed,
+    requests,
+    spec,
+)
 from tests.reference import assert_exact
 
 pytestmark = pytest.mark.slow
@@ -79,10 +89,20 @@ def run(
     dispatch: str = "split",
     device: str = "cpu",
 ) -> None:
+    """Each batch through the engine, against the unsharded model; the local engine in both
+    layouts (sharding.pack), the first against the model, the second against the first."""
     tables = weights.full_tables(spec_)
-    with engine_for(kind, spec_, dispatch=dispatch, device=device) as engine:
+    specs = [packed(spec_, p) for p in PACKS] if kind == "local" else [spec_]
+    with ExitStack() as stack:
+        engines = [
+            stack.enter_context(engine_for(kind, s, dispatch=dispatch, device=device))
+            for s in specs
+        ]
         for reqs in batches:
-            assert_exact(spec_, tables, reqs, engine.forward(reqs))
+            first, *others = [e.forward(reqs) for e in engines]
+            assert_exact(spec_, tables, reqs, first)
+            for answers in others:
+                assert_same(first, answers)
 
 
 @pytest.mark.parametrize("kind", ENGINES)
@@ -109,22 +129,12 @@ def test_whole_batch_on_rank_zero_is_exact_too(name: str) -> None:
 
 
 def test_local_engine_threads_large_batches_and_stays_exact() -> None:
-    # Enough ids that the kernels run on the thread pool (PARALLEL_MIN_ROWS).
+    # Enough ids that the kernels run on the thread pool (PARALLEL_MIN_ROWS), in parts of
+    # requests; then a small batch through the same engines.
     s = PLANS["world3"]
-    run("local", s, [requests(s, 6000, seed=8, max_len=12), requests(s, 3, seed=9)])
-
-
-@pytest.mark.parametrize("kind", ENGINES)
-def test_out_of_range_ids_never_reach_the_ranks(kind: str) -> None:
-    s = PLANS["world2-interleaved-tw"]
-    tables = weights.full_tables(s)
-    with engine_for(kind, s) as engine:
-        good = requests(s, 4, seed=5)
-        for bad in ({"a": np.array([3, 1000])}, {"c": np.array([-1])}):
-            with pytest.raises(InvalidInput, match=r"is outside \[0, "):
-                engine.forward([*good, bad])
-        assert engine.ready
-        assert_exact(s, tables, good, engine.forward(good))
+    big = requests(s, 8192, seed=8, max_len=12)
+    assert sum(len(ids) for r in big for ids in r.values()) >= PARALLEL_MIN_ROWS
+    run("local", s, [big, requests(s, 3, seed=9)])
 
 
 @st.composite

@@ -18,7 +18,7 @@ from serving.engine import stored, weights
 from serving.engine.local.engine import LocalEngine
 from serving.engine.model import served_tables
 from serving.errors import EngineStartError
-from tests.distributed.plans import requests, spec
+from tests.distributed.plans import PACKS, packed, requests, spec
 from tests.reference import assert_exact
 
 pytestmark = pytest.mark.slow
@@ -47,12 +47,15 @@ def placed(world: int, where: object, dtype: str) -> ModelSpec:
     )
 
 
+@pytest.mark.parametrize("pack", PACKS)
 @pytest.mark.parametrize("dtype", ["fp16", "int8"])
-def test_every_placement_answers_the_same_rows_as_torchrecs_quantized_model(dtype: str) -> None:
+def test_every_placement_answers_the_same_rows_as_torchrecs_quantized_model(
+    dtype: str, pack: str
+) -> None:
     reqs = requests(placed(1, [0], dtype), 200, seed=11)
     seen: list[list[dict[str, np.ndarray]]] = []
     for world, where in PLACEMENTS:
-        s = placed(world, where, dtype)
+        s = packed(placed(world, where, dtype), pack)
         with LocalEngine(s, device="cpu") as engine:
             answers = engine.forward(reqs)
         # The reference: TorchRec's QuantEmbeddingCollection made from the float32 rows.
@@ -164,12 +167,14 @@ def test_an_int8_tables_resident_memory_is_about_a_quarter_of_fp32() -> None:
     print(f"grown: fp32 {fp32 / 1e6:.0f} MB, fp16 {fp16 / 1e6:.0f} MB, int8 {int8 / 1e6:.0f} MB")
     table = rows * dim * 4
     assert 0.9 * table < fp32 < 1.25 * table, fp32 / table
-    # int8: a byte per column plus 4 bytes of scale and bias per row per rank, (64 + 8) / 256
+    # int8: a byte per column plus 4 bytes of scale and bias per row (one packed table on a
+    # CPU), (64 + 4) / 256
     assert 0.22 < int8 / fp32 < 0.36, int8 / fp32
     assert 0.45 < fp16 / fp32 < 0.6, fp16 / fp32
 
 
-def test_the_bytes_models_reports_are_fbgemms_buffers() -> None:
+@pytest.mark.parametrize("pack", PACKS)
+def test_the_bytes_models_reports_are_fbgemms_buffers(pack: str) -> None:
     s = spec(
         3,
         0,
@@ -179,10 +184,15 @@ def test_the_bytes_models_reports_are_fbgemms_buffers() -> None:
             ("pos", 12, ["p"], 2, 8),
         ],
     )
-    held: dict[int, dict[str, int]] = {}
-    with LocalEngine(s, device="cpu") as engine:
+    with LocalEngine(packed(s, pack), device="cpu") as engine:
+        doc = engine.describe()
+        held: list[dict[str, int]] = [{} for _ in doc["devices"]]
         for k in engine.kernels:
-            for table, n in k.table_bytes().items():
-                held.setdefault(k.plan.rank, {})[table] = n
-    assert held == stored.bytes_per_rank(s)
-    assert held[0]["items"] == 500 * (64 + 4)  # two int8 shards of 32 packed, one scale each
+            held[k.plan.pack].update(k.table_bytes())
+    assert held == [d["tables"] for d in doc["devices"]]
+    assert sum(d["bytes"] for d in doc["devices"]) == sum(t["bytes"] for t in doc["tables"])
+    if pack == "rank":
+        assert held == list(stored.bytes_per_rank(s).values())
+        assert held[0]["items"] == 500 * (64 + 4)  # two int8 shards of 32 packed, one scale each
+    else:  # one CPU: every table whole, one scale and bias per row
+        assert held == [{"items": 500 * (128 + 4), "tags": 40 * 24 * 2, "pos": 12 * 8 * 4}]

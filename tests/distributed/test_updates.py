@@ -17,7 +17,7 @@ from serving.engine import weights
 from serving.engine.base import Delta, TableRows
 from serving.engine.distributed.driver import DistributedEngine
 from serving.errors import EngineStartError, SpecError
-from tests.distributed.plans import ENGINES, engine_for, requests, spec
+from tests.distributed.plans import PACKS, engine_for, packed, requests, spec
 from tests.distributed.test_exactness import MIXED, PLANS
 from tests.distributed.test_recovery import until
 from tests.reference import assert_exact
@@ -44,14 +44,18 @@ def applied(tables: dict[str, torch.Tensor], delta: Delta) -> dict[str, torch.Te
     return out
 
 
-CASES = [(k, n) for k in ENGINES for n in PLANS] + [("local", n) for n in MIXED]
+# The distributed engine on the plans it serves; the local engine on every plan, both layouts.
+CASES = [("distributed", n, "") for n in PLANS] + [
+    ("local", n, p) for n in [*PLANS, *MIXED] for p in PACKS
+]
 
 
-@pytest.mark.parametrize(("kind", "name"), CASES)
+@pytest.mark.parametrize(("kind", "name", "pack"), CASES)
 def test_a_delta_touching_every_shard_is_served_exactly_on_every_placement(
-    kind: str, name: str
+    kind: str, name: str, pack: str
 ) -> None:
     s = {**PLANS, **MIXED}[name]
+    s = packed(s, pack) if pack else s
     tables = weights.full_tables(s)
     reqs = requests(s, 120, seed=5)
     with engine_for(kind, s) as engine:
@@ -64,11 +68,12 @@ def test_a_delta_touching_every_shard_is_served_exactly_on_every_placement(
             assert_exact(s, tables, reqs, engine.forward(reqs))
 
 
-@pytest.mark.parametrize("kind", ENGINES)
+@pytest.mark.parametrize(("kind", "pack"), [("distributed", ""), *(("local", p) for p in PACKS)])
 def test_a_reload_loads_beside_then_swaps_and_a_bad_one_changes_nothing(
-    kind: str, tmp_path: Path
+    kind: str, pack: str, tmp_path: Path
 ) -> None:
     s = PLANS["world2-interleaved-tw"]
+    s = packed(s, pack) if pack else s
     old = weights.full_tables(s)
     new = {n: t * 2 + 1 for n, t in old.items()}
     save_file(new, str(tmp_path / "new.safetensors"))

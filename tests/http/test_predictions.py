@@ -76,12 +76,12 @@ def test_model_spec_as_served(server: Server) -> None:
         {"rank": 1, "columns": [12, 16], "device": "cpu"},
     ]
     assert tables["shops"]["sharding"] == "table_wise"
-    # Where each shard lives: rank 1 holds two width-4 shards of each CW table (packed to
-    # width 8) and the whole table-wise shops (width 16), so two kernels; every weight byte is
-    # counted once.
-    ranks = {r["rank"]: r for r in spec["ranks"]}
-    assert sorted((k["width"], k["shards"]) for k in ranks[1]["kernels"]) == [(8, 4), (16, 1)]
-    assert [(k["width"], k["shards"]) for k in ranks[0]["kernels"]] == [(8, 4)]
-    assert sum(r["bytes"] for r in ranks.values()) == (5000 + 50 + 30) * 16 * 4
+    # Where each shard lives: both ranks on the one CPU, whose shards of each table are packed
+    # into the whole table (width 16): one kernel for all 9 shards; every weight byte once.
+    assert spec["pack"] == "device"
+    (cpu,) = spec["devices"]
+    assert cpu["device"] == "cpu" and cpu["ranks"] == [0, 1]
+    assert [(k["width"], k["shards"]) for k in cpu["kernels"]] == [(16, 9)]
+    assert cpu["bytes"] == (5000 + 50 + 30) * 16 * 4
     assert server.client.get("/docs").status_code == 200
     assert "/predictions/{model}" in server.client.get("/openapi.json").json()["paths"]

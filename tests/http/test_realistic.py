@@ -88,7 +88,7 @@ def test_json_msgpack_and_v2_answers_equal_torchrecs_quantized_rows(
             assert np.array_equal(got.view(np.uint32), w.view(np.uint32)), (i, out["name"], "v2")
 
 
-def test_models_reports_each_tables_dtype_and_bytes_per_rank(served: Server) -> None:
+def test_models_reports_each_tables_dtype_and_bytes_per_device(served: Server) -> None:
     spec = served.client.get("/models/realistic").json()
     tables = {t["name"]: t for t in spec["tables"]}
     assert {n: (t["embedding_dim"], t["dtype"]) for n, t in tables.items()} == {
@@ -98,16 +98,16 @@ def test_models_reports_each_tables_dtype_and_bytes_per_rank(served: Server) -> 
         "categories": (32, "fp16"),
         "positions": (16, "fp32"),
     }
-    # items: 100k rows, int8, 64 columns per rank + 4 bytes of scale and bias per row and rank.
-    assert tables["items"]["bytes"] == 2 * 100_000 * (64 + 4)
+    # items: 100k rows, int8, both ranks' shards packed into one table on the one CPU: 128
+    # columns + 4 bytes of scale and bias per row.
+    assert tables["items"]["bytes"] == 100_000 * (128 + 4)
     assert tables["brands"]["bytes"] == 20_000 * 64 * 2  # fp16: 2 bytes a column
     assert tables["positions"]["bytes"] == 512 * 16 * 4
-    ranks = {r["rank"]: r for r in spec["ranks"]}
-    assert ranks[1]["tables"]["positions"] == 512 * 16 * 4 and "positions" not in ranks[0]["tables"]
-    assert ranks[0]["tables"]["items"] == 100_000 * 68
-    assert sum(r["bytes"] for r in ranks.values()) == sum(t["bytes"] for t in tables.values())
-    # Rank 1's width-16 kernel reads fp16 categories and fp32 positions in one call.
-    assert {"width": 16, "dtypes": ["fp16", "fp32"], "shards": 2} in ranks[1]["kernels"]
+    (cpu,) = spec["devices"]
+    assert cpu["tables"]["positions"] == 512 * 16 * 4 and cpu["tables"]["items"] == 100_000 * 132
+    assert cpu["bytes"] == sum(t["bytes"] for t in tables.values())
+    # Every table whole, a kernel per width, each table read in its own dtype.
+    assert {"width": 128, "dtypes": ["int8"], "shards": 4, "tables": ["items"]} in cpu["kernels"]
     fp32 = sum(t["num_embeddings"] * t["embedding_dim"] * 4 for t in tables.values())
     assert sum(t["bytes"] for t in tables.values()) < 0.35 * fp32
 

@@ -264,7 +264,7 @@ class DistributedEngine(Supervised):
         else:
             parts = collate_lib.slices(requests, self.world)
         t0 = time.perf_counter()
-        batches = [collate_lib.collate(requests[s], self.keys, self.rows) for s in parts]
+        batches = [collate_lib.collate(requests[s], self.keys) for s in parts]
         with self._lock:
             self._check_serving()
             group = self._group

@@ -31,7 +31,6 @@ class TorchrunEngine:
 
     def __init__(self, spec: ModelSpec):
         self.spec = spec
-        self.rows = {f: t.num_embeddings for f, t in spec.table_of().items()}
         self.rank = int(os.environ.get("RANK", "0"))
         self.device = torch.device("cpu")
         self.model: torch.nn.Module | None = None
@@ -74,7 +73,7 @@ class TorchrunEngine:
         if not self.leader:
             lookup(self.model, self.device, keys, *idle_batch(keys))
             return []
-        batch = collate_lib.collate(requests, keys, self.rows)
+        batch = collate_lib.collate(requests, keys)
         values = lookup(self.model, self.device, batch.keys, batch.lengths, batch.values)
         outputs = {k: v.cpu().numpy() for k, v in zip(batch.keys, values, strict=True)}
         return split(batch, outputs, requests)

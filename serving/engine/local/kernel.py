@@ -1,9 +1,9 @@
-"""One FBGEMM inference table-batched kernel holding a rank's pieces of one width.
+"""One FBGEMM inference table-batched kernel holding a pack's pieces of one width.
 
 `IntNBitTableBatchedEmbeddingBagsCodegen` is the kernel TorchRec's inference path uses: each
 piece in its stored dtype (FP32, FP16 or INT8 row-wise), float32 out. Its Python `forward`
 costs ~17 us per call in bounds checks, cache bookkeeping and stats hooks that serving does
-not need: ids are checked against the table size in `collate`, and there is no cache. So the
+not need: ids are checked against the table size by the fronts, and there is no cache. So the
 lookup calls FBGEMM's op directly with the module's own buffers: ~12 us for 20 ids instead of
 ~29 us. The op runs without the GIL, so kernels of different ranks can run on different cores.
 """
@@ -56,18 +56,18 @@ class Kernel:
         self._at = names.index("indices"), names.index("offsets")
 
     def shards(self) -> list[LocalShard]:
-        """Views of each shard's packed columns in the stored dtype (and, for int8, the rows'
-        scale and bias, shared by a piece's shards): writing them loads a shard."""
+        """Views of each piece's columns in the stored dtype (adjacent shards as one; for
+        int8 also the rows' scale and bias, shared by a piece's shards): writing them loads
+        a piece."""
         out = []
         weights = self.module.split_embedding_weights()
         for p, (w, scale_shift) in zip(self.plan.pieces, weights, strict=True):
             packed = w.view(TORCH_DTYPE[p.dtype])
             assert packed.shape == (p.rows, p.width), packed.shape
-            at = 0
-            for start, end in p.columns:
-                view = packed[:, at : at + end - start]
-                out.append(LocalShard(p.table, (0, p.rows), (start, end), view, scale_shift))
-                at += end - start
+            for s0, s1, d0, d1 in p.copies():
+                out.append(
+                    LocalShard(p.table, (0, p.rows), (d0, d1), packed[:, s0:s1], scale_shift)
+                )
         return out
 
     def table_bytes(self) -> dict[str, int]:

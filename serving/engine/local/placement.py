@@ -1,20 +1,23 @@
-"""The plan, per rank: which column shards it holds, packed and grouped into FBGEMM kernels.
+"""The plan, per pack: which column shards it holds, packed and grouped into FBGEMM kernels.
 
-A rank's shards of one table are packed side by side into one FBGEMM table (a "piece"): shards
-0 and 2 of a width-16 table on rank 0 become one [rows, 32] table holding columns [0, 16) and
-[32, 48). An id is then one memory read per rank instead of one per shard (CW splits a row into
-as many reads as it has shards, each a likely cache miss), and one lookup slot per feature.
+A pack is the ranks whose shards live in one memory: by default every rank on one device (a
+CPU, or one GPU), or each rank on its own (`sharding.pack: rank`). A pack's shards of one table
+are packed side by side into one FBGEMM table (a "piece"), in the table's column order. When a
+pack holds every shard of a table, as one device does on a CPU, the piece is the whole table:
+an id is one memory read, and the kernel's output rows are the answer's rows, with no stitch.
+Otherwise (shards 0 and 2 of a width-16 table on rank 0: one [rows, 32] piece holding columns
+[0, 16) and [32, 48)) the piece's rows are stitched into their columns of the answer.
 
-FBGEMM's sequence (PoolingMode.NONE) kernels take one width per call, so a rank's pieces are
-grouped by width: a rank holding a packed width-32 piece beside a table-wise table of width 64
+FBGEMM's sequence (PoolingMode.NONE) kernels take one width per call, so a pack's pieces are
+grouped by width: a pack holding a packed width-32 piece beside a table-wise table of width 64
 gets two kernels. Stored dtypes may differ within one call (the inference kernel reads each
 table in its own format and writes float32), so fp32, fp16 and int8 pieces of one width share
-a kernel. Each kernel looks up one "slot" per (piece, feature of its table) and copies
-the slot's rows, column range by column range, into that feature's answer.
+a kernel. Each kernel looks up one "slot" per (piece, feature of its table).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from serving.config import Dtype, ModelSpec
@@ -25,7 +28,7 @@ Copy = tuple[int, int, int, int]
 
 @dataclass(frozen=True)
 class Piece:
-    """One rank's shards of one table, packed in column order: one FBGEMM table."""
+    """One pack's shards of one table, in column order: one FBGEMM table."""
 
     table: str
     rows: int
@@ -63,36 +66,50 @@ class Slot:
     key_index: int  # position of the key in the batch (spec feature order)
     piece: int  # index into the kernel's pieces
     copies: tuple[Copy, ...]
+    whole: bool  # the piece is the whole table: its rows are the answer's rows, no stitch
 
 
 @dataclass(frozen=True)
 class KernelPlan:
-    rank: int
+    pack: int  # index into the packs
+    ranks: tuple[int, ...]  # the pack's ranks
     width: int
     pieces: tuple[Piece, ...]
     slots: tuple[Slot, ...]
 
 
-def kernel_plans(spec: ModelSpec) -> list[KernelPlan]:
-    """Every rank's kernels, ranks in order; within a rank, widths in order of first use."""
+def packs(ranks_on: Sequence[object], pack: str) -> list[tuple[int, ...]]:
+    """Ranks grouped into packs: by device (`ranks_on[r]` is rank r's device), in order of
+    first rank, or one pack per rank."""
+    if pack == "rank":
+        return [(r,) for r in range(len(ranks_on))]
+    groups: dict[object, list[int]] = {}
+    for r, device in enumerate(ranks_on):
+        groups.setdefault(device, []).append(r)
+    return [tuple(g) for g in groups.values()]
+
+
+def kernel_plans(spec: ModelSpec, groups: Sequence[Sequence[int]]) -> list[KernelPlan]:
+    """Every pack's kernels, packs in order; within a pack, widths in order of first use."""
     plan = spec.plan()
+    pack_of = {r: i for i, g in enumerate(groups) for r in g}
     key_index = {k: i for i, k in enumerate(spec.features)}
-    by_rank: dict[int, dict[int, list[Piece]]] = {}
+    by_pack: dict[int, dict[int, list[Piece]]] = {}
     for t in spec.tables:
         shards = plan[t.name].shards
-        for rank in sorted({s.rank for s in shards}):
-            mine = [k for k, s in enumerate(shards) if s.rank == rank]
+        for p in sorted({pack_of[s.rank] for s in shards}):
+            mine = [k for k, s in enumerate(shards) if pack_of[s.rank] == p]
             columns = tuple((shards[k].start, shards[k].end) for k in mine)
             piece = Piece(t.name, t.num_embeddings, t.dtype, tuple(mine), columns)
-            by_rank.setdefault(rank, {}).setdefault(piece.width, []).append(piece)
-    features = {t.name: t.features for t in spec.tables}
+            by_pack.setdefault(p, {}).setdefault(piece.width, []).append(piece)
+    tables = {t.name: t for t in spec.tables}
     kernels = []
-    for rank in sorted(by_rank):
-        for width, pieces in by_rank[rank].items():
+    for p in sorted(by_pack):
+        for width, pieces in by_pack[p].items():
             slots = tuple(
-                Slot(f, key_index[f], i, p.copies())
-                for i, p in enumerate(pieces)
-                for f in features[p.table]
+                Slot(f, key_index[f], i, q.copies(), q.width == tables[q.table].embedding_dim)
+                for i, q in enumerate(pieces)
+                for f in tables[q.table].features
             )
-            kernels.append(KernelPlan(rank, width, tuple(pieces), slots))
+            kernels.append(KernelPlan(p, tuple(groups[p]), width, tuple(pieces), slots))
     return kernels
