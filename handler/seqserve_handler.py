@@ -64,7 +64,7 @@ class SeqServeHandler:
             except SeqServeError as e:
                 decoded.append(None)
                 replies.append(_error(context, i, e))
-        flat = [r for d in decoded if d is not None for r in d.requests]
+        flat = [r for d in decoded if d is not None for r in d.sequences]
         if not flat:
             return replies
         answers = iter(self.engine.forward(flat))
@@ -73,7 +73,7 @@ class SeqServeHandler:
         for i, d in enumerate(decoded):
             if d is None:
                 continue
-            mine = [next(answers) for _ in d.requests]
+            mine = [next(answers) for _ in d.sequences]
             body, media = codec.encode(mine, d.instances, _header(context, i, "accept"))
             context.set_response_content_type(i, media)
             replies[i] = body

@@ -22,8 +22,8 @@ import numpy as np
 import orjson
 
 from serving.config import ModelSpec
+from serving.engine.base import Ids
 
-Request = dict[str, np.ndarray]  # feature -> int64 ids
 # The native body formats, with the headers that send one and ask for the answer in the same
 # format (POST /predictions/{model}).
 HEADERS = {
@@ -155,11 +155,11 @@ class Mix:
         ranks = np.minimum(np.searchsorted(cdf, rng.random(k), side="right"), n - 1)
         return perm[ranks]
 
-    def requests(self, count: int) -> list[Request]:
+    def requests(self, count: int) -> list[Ids]:
         """`count` requests, the same ones for the same seed."""
         rng = np.random.default_rng(self.seed)
         features = list(self.rows)
-        out: list[Request] = []
+        out: list[Ids] = []
         for _ in range(count):
             chosen = features
             if len(features) > 1 and rng.random() < self.subset:
@@ -172,16 +172,14 @@ class Mix:
         return out
 
 
-def encode(request: Request, fmt: str, model: str = "") -> bytes:
+def encode(request: Ids, fmt: str, model: str = "") -> bytes:
     """One single-sequence body in `fmt`: `{"features": ...}` as json or msgpack, or the same
     ids as a v2 REST body with binary tensors (v2-binary) or a serialized ModelInferRequest for
     `model` (v2-grpc)."""
     return encode_with_headers(request, fmt, model)[0]
 
 
-def encode_with_headers(
-    request: Request, fmt: str, model: str = ""
-) -> tuple[bytes, dict[str, str]]:
+def encode_with_headers(request: Ids, fmt: str, model: str = "") -> tuple[bytes, dict[str, str]]:
     """The body (encode) and the headers it needs beyond its format's: a v2 REST body's
     Inference-Header-Content-Length, the length of its JSON header."""
     if fmt in V2_FORMATS:
@@ -205,7 +203,7 @@ def encode_with_headers(
 class Pool:
     """Requests with their bodies pre-encoded, so the client loop only sends bytes."""
 
-    requests: list[Request]
+    requests: list[Ids]
     bodies: dict[str, list[bytes]]  # format -> one body per request
     ids: list[int]  # ids per request
     # format -> each body's own headers (encode_with_headers), for the formats that have some

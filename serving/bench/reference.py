@@ -25,7 +25,8 @@ import torch
 from torchrec import KeyedJaggedTensor
 
 from serving.config import ModelSpec
-from serving.engine.collate import Batch, Request, collate
+from serving.engine.base import Ids
+from serving.engine.collate import Batch, collate
 from serving.engine.model import unsharded
 from serving.engine.quiet import quiet_torch_logs
 
@@ -33,7 +34,7 @@ from serving.engine.quiet import quiet_torch_logs
 def unsharded_rows(
     ec: torch.nn.Module,
     keys: Sequence[str],
-    requests: Sequence[Request],
+    requests: Sequence[Ids],
     device: torch.device | None = None,
 ) -> tuple[Batch, dict[str, torch.Tensor]]:
     """The unsharded model's rows for one collated batch: the in-process reference path."""
@@ -48,7 +49,7 @@ def unsharded_rows(
     return b, {k: out[k].values() for k in b.keys}
 
 
-def batches(requests: Sequence[Request], size: int) -> list[Sequence[Request]]:
+def batches(requests: Sequence[Ids], size: int) -> list[Sequence[Ids]]:
     return [requests[i : i + size] for i in range(0, len(requests), size)] or [[]]
 
 
@@ -87,7 +88,7 @@ def _rate(
 def unsharded_rate(
     spec: ModelSpec,
     tables: Mapping[str, torch.Tensor],
-    requests: Sequence[Request],
+    requests: Sequence[Ids],
     batch: int,
     seconds: float,
     threads: int = 1,
@@ -110,7 +111,7 @@ def unsharded_rate(
 
 
 def sharded_rate(
-    spec: ModelSpec, requests: Sequence[Request], batch: int, seconds: float
+    spec: ModelSpec, requests: Sequence[Ids], batch: int, seconds: float
 ) -> dict[str, Any]:
     from serving.engine.factory import create
 
@@ -136,7 +137,7 @@ def sharded_rate(
 def gather_rate(
     spec: ModelSpec,
     tables: Mapping[str, torch.Tensor],
-    requests: Sequence[Request],
+    requests: Sequence[Ids],
     batch: int,
     seconds: float,
 ) -> dict[str, Any]:
@@ -167,7 +168,7 @@ def gather_rate(
 def measure(
     spec: ModelSpec,
     tables: Mapping[str, torch.Tensor],
-    requests: Sequence[Request],
+    requests: Sequence[Ids],
     batch: int,
     seconds: float,
     threads: int = 1,

@@ -15,11 +15,10 @@ generated messages are imported when a gRPC body is built or read.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import numpy as np
 import orjson
 
+from serving.engine.base import Ids
 from serving.settings import BY_NAME
 
 REST = "v2-binary"
@@ -31,7 +30,6 @@ BINARY = "application/octet-stream"
 REST_HEADERS = {"Content-Type": BINARY}
 GRPC_PORT: int = BY_NAME["grpc_port"].default  # seqserve serve's default --grpc-port
 
-Request = Mapping[str, np.ndarray]  # feature -> int64 ids
 Outputs = dict[str, np.ndarray]  # feature -> float32 [n, dim]
 
 
@@ -39,7 +37,7 @@ class BadAnswer(ValueError):
     """A 200 (or OK) whose body is not a well-formed v2 answer."""
 
 
-def rest_body(request: Request) -> tuple[bytes, int]:
+def rest_body(request: Ids) -> tuple[bytes, int]:
     """The v2 REST body of one request, and the length of its JSON header (the value of its
     Inference-Header-Content-Length)."""
     inputs = [
@@ -56,7 +54,7 @@ def rest_body(request: Request) -> tuple[bytes, int]:
     return head + raw, len(head)
 
 
-def grpc_body(request: Request, model: str) -> bytes:
+def grpc_body(request: Ids, model: str) -> bytes:
     """The serialized ModelInferRequest of one request."""
     from serving.fronts.proto import grpc_service_pb2 as pb
 

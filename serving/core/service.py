@@ -22,12 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from serving.core import updates
 from serving.core.batching import Batcher, Gone
 from serving.core.metrics import Metrics
-from serving.engine.base import Answer, Commit, Engine
+from serving.engine.base import Answer, Commit, Engine, Ids
 from serving.errors import (
     BadUpdate,
     EngineStartError,
@@ -42,7 +40,6 @@ from serving.settings import ServerSettings
 
 log = logging.getLogger("seqserve")
 
-Ids = dict[str, np.ndarray]  # one sequence: feature -> int64 ids, already range-checked
 DELTA = "application/octet-stream"  # a safetensors row delta
 RELOAD = "application/json"  # {"safetensors": PATH} or {"dcp": PATH}
 

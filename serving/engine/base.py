@@ -7,16 +7,18 @@ tables bigger than one host.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
 from serving.config import EngineKind, ModelSpec, WeightsSpec
-from serving.engine.collate import Request
 
-Answer = dict[str, np.ndarray]  # feature -> float32 [n_ids, dim]
+# One sequence, the unit every layer names the same: feature -> its int64 ids (range-checked by
+# the fronts; a feature it does not name is an empty sequence of that feature).
+Ids = Mapping[str, np.ndarray]
+Answer = dict[str, np.ndarray]  # one sequence's rows: feature -> float32 [n_ids, dim]
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ class Engine(Protocol):
 
     def start(self) -> None: ...
 
-    def forward(self, requests: Sequence[Request]) -> list[Answer]:
+    def forward(self, requests: Sequence[Ids]) -> list[Answer]:
         """Rows for each request: {feature: float32 [n_ids, dim]} for every feature it names."""
         ...
 

@@ -1,4 +1,4 @@
-"""Requests -> one key-major KeyedJaggedTensor layout (pure numpy, no torch).
+"""Sequences -> one key-major KeyedJaggedTensor layout (pure numpy, no torch).
 
 Collate trusts its input: every id reaching an engine has been checked against its table by
 the front that decoded it, and every feature named is one of the model's. Its cost is per batch
@@ -8,7 +8,7 @@ to read their lengths, and one concatenation of their bytes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import chain
@@ -16,8 +16,7 @@ from operator import itemgetter
 
 import numpy as np
 
-# One request: feature name -> int64 ids. Features it does not name are empty sequences.
-Request = Mapping[str, np.ndarray]
+from serving.engine.base import Ids
 
 EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -45,7 +44,7 @@ class Batch:
         return out
 
 
-def collate(requests: Sequence[Request], keys: Sequence[str]) -> Batch:
+def collate(requests: Sequence[Ids], keys: Sequence[str]) -> Batch:
     """Pack requests into one batch, keys in the given order."""
     keys = tuple(keys)
     stride = len(requests)
@@ -75,7 +74,7 @@ def _concatenate(chunks: list[np.ndarray], total: int) -> np.ndarray:
     return np.concatenate(chunks).astype(np.int64, copy=False)
 
 
-def slices(requests: Sequence[Request], parts: int) -> list[slice]:
+def slices(requests: Sequence[Ids], parts: int) -> list[slice]:
     """Cut requests into at most `parts` contiguous runs of about equal id counts."""
     if not requests:
         return []

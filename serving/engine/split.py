@@ -13,7 +13,8 @@ from operator import setitem
 
 import numpy as np
 
-from serving.engine.collate import Batch, Request
+from serving.engine.base import Ids
+from serving.engine.collate import Batch
 
 # A run of consecutive requests ending before request `end`, and its rows: outputs[key] holds
 # the rows of every id of `key` of those requests, request-major as collated.
@@ -21,7 +22,7 @@ Part = tuple[int, Mapping[str, np.ndarray]]
 
 
 def split(
-    batch: Batch, outputs: Mapping[str, np.ndarray], requests: Sequence[Request]
+    batch: Batch, outputs: Mapping[str, np.ndarray], requests: Sequence[Ids]
 ) -> list[dict[str, np.ndarray]]:
     """`outputs[key]` holds the rows of every id of `key`, request-major as collated.
 
@@ -31,7 +32,7 @@ def split(
 
 
 def split_parts(
-    batch: Batch, parts: Iterable[Part], requests: Sequence[Request]
+    batch: Batch, parts: Iterable[Part], requests: Sequence[Ids]
 ) -> list[dict[str, np.ndarray]]:
     """As `split`, with the batch's rows in parts of consecutive requests, in order."""
     offsets = batch.offsets

@@ -16,6 +16,7 @@ import msgspec
 import numpy as np
 import orjson
 
+from serving.engine.base import Ids
 from serving.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType
 from serving.fronts import ids
 from serving.settings import Limits
@@ -23,12 +24,11 @@ from serving.settings import Limits
 JSON = "application/json"
 MSGPACK = "application/msgpack"
 MSGPACK_TYPES = (MSGPACK, "application/x-msgpack")
-Ids = dict[str, np.ndarray]  # one sequence: feature -> int64 ids, range-checked
 
 
 @dataclass
 class Decoded:
-    requests: list[Ids]  # one per sequence
+    sequences: list[Ids]  # the body's, in order
     instances: bool  # the body used {"instances": [...]}: answer {"predictions": [...]}
 
 
@@ -107,10 +107,10 @@ def _decode_checked(doc: Any, rows: Mapping[str, int], limits: Limits) -> Decode
             raise _too_many_instances(len(items), limits)
         raw = [_instance(item, i, rows) for i, item in enumerate(items)]
     _check_total(sum(len(v) for req in raw for v, _ in req.values()), limits)
-    requests = [
+    sequences: list[Ids] = [
         {name: _ids(v, field, rows[name]) for name, (v, field) in req.items()} for req in raw
     ]
-    return Decoded(requests=requests, instances="instances" in doc)
+    return Decoded(sequences=sequences, instances="instances" in doc)
 
 
 def _too_many_instances(count: int, limits: Limits) -> PayloadTooLarge:

@@ -70,7 +70,7 @@ class Predictions:
             if body is None:
                 return None
             decoded = codec.decode(body, text(headers.get(b"content-type")), service.rows, limits)
-            predicted = await service.predict(decoded.requests, gone_of(scope))
+            predicted = await service.predict(decoded.sequences, gone_of(scope))
             if predicted is None:
                 return None
             content, media = codec.encode(

@@ -19,11 +19,10 @@ from typing import Any
 import numpy as np
 
 from serving.config import ModelSpec
+from serving.engine.base import Ids
 from serving.errors import InvalidInput, PayloadTooLarge
 from serving.fronts import ids
 from serving.settings import Limits
-
-Ids = dict[str, np.ndarray]
 
 DATATYPES: dict[str, np.dtype[Any]] = {"INT64": np.dtype("<i8"), "INT32": np.dtype("<i4")}
 LENGTHS = ".lengths"

@@ -46,9 +46,9 @@ def bad(doc: Any, content_type: str = "application/json") -> InvalidInput:
 
 
 def as_lists(d: Decoded) -> list[dict[str, list[int]]]:
-    for req in d.requests:
+    for req in d.sequences:
         assert all(v.dtype == np.int64 and v.ndim == 1 for v in req.values())
-    return [{k: v.tolist() for k, v in req.items()} for req in d.requests]
+    return [{k: v.tolist() for k, v in req.items()} for req in d.sequences]
 
 
 # -- decode: good bodies ----------------------------------------------------------------------
@@ -82,13 +82,13 @@ def test_msgpack_single_form() -> None:
 def test_limits_are_inclusive() -> None:
     limits = defaults(max_body_bytes=10_000, max_ids_per_request=6, max_instances=2).limits
     doc = {"instances": [{"features": {"a": [1, 2, 3], "c": [1]}}, {"features": {"b": [4, 5]}}]}
-    assert len(dec_json(doc, limits).requests) == 2
+    assert len(dec_json(doc, limits).sequences) == 2
 
 
 def test_large_request_decodes() -> None:
     ids = list(range(100)) * 163
     d = dec_json({"features": {"a": ids}})
-    assert np.array_equal(d.requests[0]["a"], np.array(ids))
+    assert np.array_equal(d.sequences[0]["a"], np.array(ids))
 
 
 # -- decode: 400 ------------------------------------------------------------------------------
@@ -301,8 +301,8 @@ def check_decode(body: bytes, content_type: str) -> None:
         )
     except SeqServeError:
         return
-    assert isinstance(d, Decoded) and d.requests
-    for req in d.requests:
+    assert isinstance(d, Decoded) and d.sequences
+    for req in d.sequences:
         for f, ids in req.items():
             assert f in ROWS and ids.dtype == np.int64 and ids.ndim == 1
             assert ((ids >= 0) & (ids < ROWS[f])).all()
@@ -335,7 +335,7 @@ def outcome(call: Any) -> Any:
         d = call()
     except SeqServeError as e:
         return (type(e).__name__, str(e))
-    return (d.instances, [{f: v.tolist() for f, v in r.items()} for r in d.requests])
+    return (d.instances, [{f: v.tolist() for f, v in r.items()} for r in d.sequences])
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -23,8 +23,8 @@ import torch.distributed as dist
 from serving.config import EngineKind, ModelSpec, WeightsSpec, with_engine
 from serving.engine import collate as collate_lib
 from serving.engine import describe, weights
-from serving.engine.base import Commit, Delta
-from serving.engine.collate import Batch, Request
+from serving.engine.base import Commit, Delta, Ids
+from serving.engine.collate import Batch
 from serving.engine.devices import default_device
 from serving.engine.distributed import rank as rank_lib
 from serving.engine.distributed.group import Backoff, GroupFailed, RankGroup, RestartAttempt
@@ -254,7 +254,7 @@ class DistributedEngine(Supervised):
 
     # -- serving ---------------------------------------------------------------------------
 
-    def forward(self, requests: Sequence[Request]) -> list[Answer]:
+    def forward(self, requests: Sequence[Ids]) -> list[Answer]:
         """Rows for each request: {feature: float32 [n_ids, dim]} for every feature it names."""
         if not requests:
             return []

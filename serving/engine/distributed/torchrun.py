@@ -18,8 +18,7 @@ import torch.distributed as dist
 from serving.config import EngineKind, ModelSpec, WeightsSpec
 from serving.engine import collate as collate_lib
 from serving.engine import describe, weights
-from serving.engine.base import Answer, Commit, Delta
-from serving.engine.collate import Request
+from serving.engine.base import Answer, Commit, Delta, Ids
 from serving.engine.distributed import dmp
 from serving.engine.distributed.lookup import idle_batch, lookup, warm_up
 from serving.engine.split import split
@@ -65,7 +64,7 @@ class TorchrunEngine:
         warm_up(self.spec, model, self.device)
         self.model = model
 
-    def forward(self, requests: Sequence[Request]) -> list[Answer]:
+    def forward(self, requests: Sequence[Ids]) -> list[Answer]:
         """Rank 0: every request's rows. The other ranks join the collective with an empty
         batch and answer nothing (an empty list)."""
         assert self.model is not None, "start() first"

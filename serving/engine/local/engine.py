@@ -24,8 +24,8 @@ import torch
 
 from serving.config import EngineKind, ModelSpec, WeightsSpec
 from serving.engine import describe, stored, weights
-from serving.engine.base import Answer, Commit, Delta
-from serving.engine.collate import Request, collate
+from serving.engine.base import Answer, Commit, Delta, Ids
+from serving.engine.collate import collate
 from serving.engine.devices import default_device, gpu_count
 from serving.engine.layout import Layout
 from serving.engine.local.answers import AnswerBuffers
@@ -138,7 +138,7 @@ class LocalEngine:
 
     # -- serving ---------------------------------------------------------------------------
 
-    def forward(self, requests: Sequence[Request]) -> list[Answer]:
+    def forward(self, requests: Sequence[Ids]) -> list[Answer]:
         if not requests:
             return []
         t0 = time.perf_counter()
