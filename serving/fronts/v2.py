@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -31,8 +31,7 @@ EXTENSIONS = ("binary_tensor_data",)
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
-@dataclass(frozen=True)
-class Tensor:
+class Tensor(NamedTuple):
     name: str
     datatype: str
     shape: Sequence[int]
@@ -146,7 +145,7 @@ def _values(t: Tensor) -> np.ndarray:
                 f"needs {n * dtype.itemsize}",
                 t.where,
             )
-        return np.frombuffer(t.data, dtype=dtype).astype(np.int64)
+        return np.frombuffer(t.data, dtype=dtype).astype(np.int64, copy=False)
     if isinstance(t.data, np.ndarray):
         arr = t.data.astype(np.int64, copy=False)
     elif isinstance(t.data, list):

@@ -8,8 +8,9 @@ bytes followed by the inputs' raw data, and any output may be sent the same way.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
+import msgspec
 import numpy as np
 import orjson
 from starlette.types import Receive, Scope, Send
@@ -102,16 +103,16 @@ class V2Rest:
         body = await read_body(receive, headers.get(b"content-length"), limits.max_body_bytes)
         if body is None:
             return None
-        request, inputs, requested, binary_default = _decode(body, headers)
-        inference = v2.inference(inputs, service.rows, limits)
-        names = v2.selected([(n, w) for n, w, _ in requested], inference.features)
-        binary = {n: b for n, _, b in requested if b is not None}
+        decoded = _decode(body, headers)
+        inference = v2.inference(decoded.inputs, service.rows, limits)
+        names = v2.selected([(n, w) for n, w, _ in decoded.requested], inference.features)
+        binary = {n: b for n, _, b in decoded.requested if b is not None}
         predicted = await service.predict(inference.sequences, gone_of(scope))
         if predicted is None:
             return None
         outputs = {n: v2.rows(predicted.answers, n) for n in names}
-        chosen = {n: binary.get(n, binary_default) for n in names}
-        return _encode(request, service.spec.name, predicted.version, outputs, chosen)
+        chosen = {n: binary.get(n, decoded.binary_default) for n in names}
+        return _encode(decoded.id, service.spec.name, predicted.version, outputs, chosen)
 
 
 def _route(parts: list[str]) -> tuple[str | None, str, str, str]:
@@ -139,10 +140,87 @@ def _route(parts: list[str]) -> tuple[str | None, str, str, str]:
 Requested = list[tuple[str, str, bool | None]]  # (name, where, binary_data or None: default)
 
 
-def _decode(
-    body: bytes, headers: dict[bytes, bytes]
-) -> tuple[dict[str, Any], list[v2.Tensor], Requested, bool]:
-    """(request JSON, inputs, requested outputs, binary_data_output) of one infer body."""
+class _Decoded(NamedTuple):
+    id: str | None  # the request's "id", echoed in the answer
+    inputs: list[v2.Tensor]
+    requested: Requested
+    binary_default: bool  # parameters.binary_data_output
+
+
+class _InputParams(msgspec.Struct):
+    binary_data_size: int | msgspec.UnsetType = msgspec.UNSET
+
+
+class _Input(msgspec.Struct):
+    name: str
+    datatype: str
+    shape: list[int]
+    data: Any = msgspec.UNSET
+    parameters: _InputParams = msgspec.field(default_factory=_InputParams)
+
+
+class _OutputParams(msgspec.Struct):
+    binary_data: bool | msgspec.UnsetType = msgspec.UNSET
+
+
+class _Output(msgspec.Struct):
+    name: str
+    parameters: _OutputParams = msgspec.field(default_factory=_OutputParams)
+
+
+class _Params(msgspec.Struct):
+    binary_data_output: bool | msgspec.UnsetType = msgspec.UNSET
+
+
+class _Request(msgspec.Struct):
+    inputs: list[_Input]
+    outputs: list[_Output] | msgspec.UnsetType = msgspec.UNSET
+    id: Any = None
+    parameters: _Params = msgspec.field(default_factory=_Params)
+
+
+# A well-formed header is parsed and its types checked in C in one pass; one it refuses is
+# walked by `_checked_request`, whose job is the message naming the field.
+_REQUEST = msgspec.json.Decoder(_Request)
+
+
+def _decode(body: bytes, headers: dict[bytes, bytes]) -> _Decoded:
+    """The request id, inputs, requested outputs and binary_data_output of one infer body."""
+    head, rest = _split(body, headers)
+    try:
+        request = _REQUEST.decode(head)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return _checked_request(head, rest)
+    inputs, used = [], 0
+    for i, item in enumerate(request.inputs):
+        size = item.parameters.binary_data_size
+        if size is msgspec.UNSET:
+            if item.data is msgspec.UNSET:
+                return _checked_request(head, rest)
+            data = item.data
+        else:
+            if size < 0 or used + size > len(rest):
+                return _checked_request(head, rest)
+            data, used = rest[used : used + size], used + size
+        inputs.append(v2.Tensor(item.name, item.datatype, item.shape, data, f"inputs[{i}]"))
+    if used != len(rest):
+        return _checked_request(head, rest)
+    outputs = request.outputs if request.outputs is not msgspec.UNSET else ()
+    requested: Requested = [
+        (
+            o.name,
+            f"outputs[{i}]",
+            None if o.parameters.binary_data is msgspec.UNSET else o.parameters.binary_data,
+        )
+        for i, o in enumerate(outputs)
+    ]
+    default = request.parameters.binary_data_output
+    request_id = request.id if isinstance(request.id, str) else None
+    return _Decoded(request_id, inputs, requested, default is True)
+
+
+def _split(body: bytes, headers: dict[bytes, bytes]) -> tuple[bytes, bytes]:
+    """The body's JSON header and the binary data after it."""
     media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
     if media not in (b"", b"application/json", BINARY.encode()):
         raise UnsupportedMediaType(
@@ -160,6 +238,11 @@ def _decode(
                 "Inference-Header-Content-Length",
             )
         head, rest = body[: int(raw_length)], body[int(raw_length) :]
+    return head, rest
+
+
+def _checked_request(head: bytes, rest: bytes) -> _Decoded:
+    """The header the typed decoder refused, walked in Python to say what is wrong with it."""
     try:
         request = orjson.loads(head)
     except orjson.JSONDecodeError as e:
@@ -182,15 +265,8 @@ def _decode(
                     where,
                 )
             data, used = rest[used : used + size], used + size
-        inputs.append(
-            v2.Tensor(
-                name=_str(item, "name", where),
-                datatype=_str(item, "datatype", where),
-                shape=_shape(item, where),
-                data=data,
-                where=where,
-            )
-        )
+        name, datatype = _str(item, "name", where), _str(item, "datatype", where)
+        inputs.append(v2.Tensor(name, datatype, _shape(item, where), data, where))
     if used != len(rest):
         raise InvalidInput(
             f"body: {len(rest) - used} bytes of binary data that no input's binary_data_size "
@@ -204,11 +280,12 @@ def _decode(
         requested.append((_str(item, "name", where), where, _bool(flag, f"{where}.binary_data")))
     top = _params(request, "body")
     default = _bool(top.get("binary_data_output"), "parameters.binary_data_output") or False
-    return request, inputs, requested, default
+    request_id = request.get("id")
+    return _Decoded(request_id if isinstance(request_id, str) else None, inputs, requested, default)
 
 
 def _encode(
-    request: dict[str, Any],
+    request_id: str | None,
     model: str,
     version: int,
     outputs: dict[str, np.ndarray],
@@ -227,8 +304,8 @@ def _encode(
             entry["data"] = codec.json_floats(a).reshape(-1)
         entries.append(entry)
     doc: dict[str, Any] = {"model_name": model, "model_version": str(version)}
-    if isinstance(request.get("id"), str):
-        doc["id"] = request["id"]
+    if request_id is not None:
+        doc["id"] = request_id
     doc["outputs"] = entries
     head = orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:

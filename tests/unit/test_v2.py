@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from serving.errors import InvalidInput, PayloadTooLarge
+from serving.errors import InvalidInput, PayloadTooLarge, SeqServeError
+from serving.fronts import v2_rest
 from serving.fronts.v2 import Tensor, inference, rows, selected
 from serving.settings import defaults
 
@@ -84,3 +90,59 @@ def test_outputs_are_selected_among_the_features_named() -> None:
         selected([("c", "outputs[0]")], ["a"])
     with pytest.raises(InvalidInput, match="requested twice"):
         selected([("a", "outputs[0]"), ("a", "outputs[1]")], ["a"])
+
+
+# -- the REST infer body: the typed decoder and the checks behind it answer alike -------------
+
+VALUES = (
+    st.none()
+    | st.booleans()
+    | st.integers(-3, 40)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=3)
+)
+PARAMS = st.dictionaries(
+    st.sampled_from(["binary_data_size", "binary_data", "binary_data_output", "other"]), VALUES
+)
+INPUT = st.fixed_dictionaries(
+    {"name": st.sampled_from(["a", "b", "a.lengths"]) | VALUES},
+    optional={
+        "shape": st.lists(st.integers(-1, 4) | VALUES, max_size=2),
+        "data": st.lists(st.integers(-1, 12), max_size=4) | VALUES,
+        "parameters": PARAMS | VALUES,
+        "datatype": st.sampled_from(["INT64", "INT32", "FP32"]) | VALUES,
+    },
+)
+OUTPUT = st.fixed_dictionaries(
+    {"name": st.sampled_from(["a", "b"]) | VALUES}, optional={"parameters": PARAMS | VALUES}
+)
+HEADER = st.fixed_dictionaries(
+    {"inputs": st.lists(INPUT, max_size=3) | VALUES},
+    optional={
+        "outputs": st.lists(OUTPUT, max_size=2) | VALUES,
+        "parameters": PARAMS | VALUES,
+        "id": VALUES,
+        "extra": VALUES,
+    },
+)
+
+
+def rest_outcome(call: Any) -> Any:
+    try:
+        d = call()
+    except SeqServeError as e:
+        return (type(e).__name__, str(e))
+    inputs = [(t.name, t.datatype, list(t.shape), t.where, repr(t.data)) for t in d.inputs]
+    return (d.id, inputs, d.requested, d.binary_default)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(HEADER, st.binary(max_size=24))
+def test_the_typed_header_decoder_answers_as_the_checks_would(doc: Any, rest: bytes) -> None:
+    head = json.dumps(doc).encode()
+    headers = {b"content-type": b"application/octet-stream"}
+    if rest:
+        headers[v2_rest.HEADER_LENGTH] = str(len(head)).encode()
+    fast = rest_outcome(lambda: v2_rest._decode(head + rest, headers))
+    slow = rest_outcome(lambda: v2_rest._checked_request(head, rest))
+    assert fast == slow
