@@ -310,10 +310,12 @@ def exact_floats(a: np.ndarray) -> np.ndarray:
 
 
 _MSGPACK_ENCODER = msgspec.msgpack.Encoder()
+_LE_FLOAT32 = np.dtype("<f4")
 
 
 def _packed(a: np.ndarray) -> dict[str, Any]:
     """The rows as msgpack's bin, read straight from the answer's buffer (one copy, into the
     body); the same bytes msgpack.packb(use_bin_type=True) writes."""
-    a = np.ascontiguousarray(a, dtype="<f4")
-    return {"shape": list(a.shape), "dtype": "float32", "data": a.reshape(-1).view(np.uint8).data}
+    if a.dtype != _LE_FLOAT32 or not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a, dtype=_LE_FLOAT32)
+    return {"shape": list(a.shape), "dtype": "float32", "data": a.data}
