@@ -3,8 +3,10 @@ uvicorn until SIGTERM."""
 
 from __future__ import annotations
 
+import errno
 import gc
 import signal
+import socket
 import sys
 
 import uvicorn
@@ -26,9 +28,47 @@ PREDICTION_ROUTES = {
 }
 
 
+def ports_taken(host: str, ports: dict[str, int]) -> str | None:
+    """Why the HTTP and gRPC ports cannot be bound on `host`, in one line, or None. Checked
+    before anything loads (a rank may take minutes), by binding each as uvicorn does."""
+    problems = []
+    if len(set(ports.values()) - {0}) < len([p for p in ports.values() if p]):
+        problems.append("--port and --grpc-port are the same port")
+    for what, port in ports.items():
+        if not port or problems:
+            continue
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(address)
+        except OSError as e:
+            taken = e.errno == errno.EADDRINUSE
+            problems.append(f"port {port} ({what}) is " + ("taken" if taken else str(e.strerror)))
+    if not problems:
+        return None
+    return f"cannot listen on {host}: {', '.join(problems)}; nothing was loaded"
+
+
 def serve(spec: ModelSpec, settings: ServerSettings) -> int:
+    taken = ports_taken(
+        settings.host, {"HTTP, --port": settings.port, "gRPC, --grpc-port": settings.grpc_port}
+    )
+    if taken:
+        print(f"seqserve: error: {taken}", file=sys.stderr, flush=True)
+        return 2
     weights.check(spec)  # a bad weights file fails here, in one line, before any rank starts
     exposed = settings.host not in ("127.0.0.1", "localhost", "::1")
+    if exposed and settings.allow_shared_memory and not settings.auth_token:
+        print(
+            f"seqserve: error: --allow-shared-memory on {settings.host} needs --auth-token: "
+            "anyone who can reach this host could read and write the server user's /dev/shm",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 2
     if exposed and settings.allow_updates and not settings.auth_token:
         print(
             f"seqserve: error: --allow-updates on {settings.host} needs --auth-token: anyone "

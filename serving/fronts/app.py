@@ -40,6 +40,7 @@ from serving.fronts import codec, native, v2_grpc
 from serving.fronts.asgi import Reply
 from serving.fronts.native import Predictions, error_reply, model_of, seqserve_error_reply
 from serving.fronts.schemas import error_responses, predict_openapi, weights_openapi
+from serving.fronts.shm import SharedMemory
 from serving.fronts.v2_openapi import v2_paths
 from serving.fronts.v2_rest import V2Rest, is_v2
 from serving.settings import ServerSettings
@@ -58,11 +59,11 @@ def response(reply: Reply) -> Response:
 class Front:
     """The ASGI app: the hot routes here, every other path (and the lifespan) to FastAPI."""
 
-    def __init__(self, app: FastAPI, service: Service):
+    def __init__(self, app: FastAPI, service: Service, shm: SharedMemory | None = None):
         self.app = app
         self.service = service
         self.predictions = Predictions(service)
-        self.v2 = V2Rest(service, VERSION)
+        self.v2 = V2Rest(service, VERSION, shm)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -86,6 +87,7 @@ def create_app(
     here and over gRPC on --grpc-port (started and stopped with the app)."""
     service = Service(settings, engine)
     spec = engine.spec
+    shm = SharedMemory(settings.allow_shared_memory)  # Triton's regions, for REST and gRPC
 
     # The schema names the one model served, so clients and fuzzers know the valid {model}.
     model_param = Path(
@@ -95,7 +97,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
-            grpc_server = await v2_grpc.start(service, settings.host, settings.grpc_port, VERSION)
+            grpc_server = await v2_grpc.start(
+                service, settings.host, settings.grpc_port, VERSION, shm
+            )
         except OSError as e:  # the port is taken: say so in one line and stop, nothing started
             if on_fatal is None:
                 raise
@@ -120,6 +124,7 @@ def create_app(
                 await service.abandon_start()
             await starting
             await service.stop()
+            shm.close()
 
     # Our metrics are Prometheus (/metrics); FastAPI's native OpenTelemetry hooks would look up
     # providers on every request for nothing.
@@ -182,7 +187,7 @@ def create_app(
     async def prometheus() -> Response:
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    return Front(app, service)
+    return Front(app, service, shm)
 
 
 async def body_within(request: Request, limit: int) -> bytes:

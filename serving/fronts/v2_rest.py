@@ -10,13 +10,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import numpy as np
 import orjson
 from starlette.types import Receive, Scope, Send
 
 from serving.core.service import Service
-from serving.errors import InvalidInput, SeqServeError, UnsupportedMediaType, http_status
-from serving.fronts import codec, v2
+from serving.errors import (
+    InvalidInput,
+    NotSupported,
+    SeqServeError,
+    UnsupportedMediaType,
+    http_status,
+)
+from serving.fronts import codec, v2, v2_tools
 from serving.fronts.asgi import (
     Headers,
     Reply,
@@ -26,11 +33,13 @@ from serving.fronts.asgi import (
     read_body,
     respond,
 )
+from serving.fronts.shm import SharedMemory, Slice, check_fits
 
 HEADER_LENGTH = b"inference-header-content-length"
 BINARY = "application/octet-stream"
 JSON = b"application/json"
 JSON_HEADERS: Headers = [(b"content-type", JSON)]
+_JSON = msgspec.json.Decoder()
 
 
 def error_reply(status: int, message: str, retry_after: float = 1.0) -> Reply:
@@ -53,10 +62,11 @@ def is_v2(path: str) -> bool:
 class V2Rest:
     """Answers every path under /v2; `serving.fronts.app.Front` routes here."""
 
-    def __init__(self, service: Service, server_version: str):
+    def __init__(self, service: Service, server_version: str, shm: SharedMemory | None = None):
         self.service = service
         self.server_version = server_version
         self.retry_after = service.settings.batch.retry_after_s
+        self.shm = shm or SharedMemory(False)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
@@ -66,7 +76,7 @@ class V2Rest:
         async def answer() -> Reply | None:
             if route is None:
                 return error_reply(404, f"no such route: {path}")
-            if scope["method"] != method:
+            if method and scope["method"] != method:
                 status, body, headers = error_reply(
                     405, f"method {scope['method']} is not allowed on {path}; use {method}"
                 )
@@ -90,57 +100,138 @@ class V2Rest:
         if route == "/v2/models/{model}/ready":
             service.check_model(model, version)
             return ok({"name": model, "ready": service.ready}, 200 if service.ready else 503)
-        if route == "/v2":
+        if route != "/v2/models/{model}/infer":
             service.authorize(headers.get(b"authorization"))
-            return ok(v2.server_metadata(self.server_version))
-        if route == "/v2/models/{model}":
-            service.authorize(headers.get(b"authorization"))
-            service.check_model(model, version)
-            return ok(v2.model_metadata(service.spec, service.version))
+            return await self.tools(route, receive, headers, model, version)
         service.admit(headers.get(b"authorization"), model, version)
         limits = service.limits
         body = await read_body(receive, headers.get(b"content-length"), limits.max_body_bytes)
         if body is None:
             return None
-        request, inputs, requested, binary_default = _decode(body, headers)
+        request, inputs, requested, binary_default = _decode(body, headers, self.shm)
         inference = v2.inference(inputs, service.rows, limits)
-        names = v2.selected([(n, w) for n, w, _ in requested], inference.features)
-        binary = {n: b for n, _, b in requested if b is not None}
+        names = v2.selected([(n, w) for n, w, _, _ in requested], inference.features)
+        binary = {n: b for n, _, b, _ in requested if b is not None}
+        targets = {n: t for n, _, _, t in requested if t is not None}
+        check_fits(targets, inference.sequences, service.spec)
         predicted = await service.predict(inference.sequences, gone_of(scope))
         if predicted is None:
             return None
         outputs = {n: v2.rows(predicted.answers, n) for n in names}
         chosen = {n: binary.get(n, binary_default) for n in names}
-        return _encode(request, service.spec.name, predicted.version, outputs, chosen)
+        return _encode(
+            request, service.spec.name, predicted.version, outputs, chosen, targets, self.shm
+        )
+
+    async def tools(
+        self, route: str, receive: Receive, headers: dict[bytes, bytes], name: str, version: str
+    ) -> Reply:
+        """Server and model metadata and Triton's extensions (v2_tools, shm): the token is
+        checked."""
+        service, shm = self.service, self.shm
+        if route == "/v2":
+            return ok(v2.server_metadata(self.server_version, shm.enabled))
+        if route == "/v2/models/stats":
+            return ok(v2_tools.statistics(service.spec, service.version, service.metrics.stats))
+        if route == "/v2/repository/index":
+            body = await read_body(receive, headers.get(b"content-length"), 4096)
+            only_ready = _bool(_object(body or b"{}").get("ready"), "ready") or False
+            index = v2_tools.repository_index(
+                service.spec, service.version, service.ready, only_ready
+            )
+            return ok(index)
+        if route.startswith("/v2/repository/models/"):
+            raise NotSupported(v2_tools.LOAD_UNLOAD.format(model=service.spec.name))
+        if route == "/v2/unsupported":
+            raise NotSupported(
+                "this Triton extension is not served; served: binary tensor data, model "
+                "configuration, model repository (index), statistics and system shared memory "
+                "(docs/protocols.md#routes)"
+            )
+        if route.startswith("/v2/systemsharedmemory/"):
+            return await self.shared_memory(route, receive, headers, name)
+        service.check_model(name, version)
+        if route == "/v2/models/{model}":
+            return ok(v2.model_metadata(service.spec, service.version))
+        if route == "/v2/models/{model}/config":
+            return ok(v2_tools.model_config(service.spec))
+        assert route == "/v2/models/{model}/stats", route
+        return ok(v2_tools.statistics(service.spec, service.version, service.metrics.stats))
+
+    async def shared_memory(
+        self, route: str, receive: Receive, headers: dict[bytes, bytes], name: str
+    ) -> Reply:
+        shm = self.shm
+        shm.check_enabled()
+        if route.endswith("/status"):
+            return ok(shm.status(name))
+        if route.endswith("/unregister"):
+            shm.unregister(name)
+            return ok({})
+        body = await read_body(receive, headers.get(b"content-length"), 4096)
+        doc = _object(body or b"")
+        shm.register(name, doc.get("key"), doc.get("offset", 0), doc.get("byte_size"))
+        return ok({})
+
+
+# Triton's extensions that are not served: a clear NotSupported, not "no such route".
+_UNSUPPORTED = ("cudasharedmemory", "trace", "logging")
+_MODEL_ROUTES = {
+    (): ("/v2/models/{model}", "GET"),
+    ("ready",): ("/v2/models/{model}/ready", "GET"),
+    ("infer",): ("/v2/models/{model}/infer", "POST"),
+    ("config",): ("/v2/models/{model}/config", "GET"),
+    ("stats",): ("/v2/models/{model}/stats", "GET"),
+}
+_SHM_ROUTES = {
+    ("status",): ("/v2/systemsharedmemory/status", "GET"),
+    ("unregister",): ("/v2/systemsharedmemory/unregister", "POST"),
+    ("status", 1): ("/v2/systemsharedmemory/region/{name}/status", "GET"),
+    ("register", 1): ("/v2/systemsharedmemory/region/{name}/register", "POST"),
+    ("unregister", 1): ("/v2/systemsharedmemory/region/{name}/unregister", "POST"),
+}
 
 
 def _route(parts: list[str]) -> tuple[str | None, str, str, str]:
-    """(route template, its method, model, version) of a path under /v2; None if unknown."""
+    """(route template, its method ("" for any), model or region name, version) of a path
+    under /v2; None if unknown."""
     if not parts:
         return "/v2", "GET", "", ""
     if parts in (["health", "live"], ["health", "ready"]):
         return "/v2/" + "/".join(parts), "GET", "", ""
+    if parts == ["repository", "index"]:
+        return "/v2/repository/index", "POST", "", ""
+    if parts[0] in _UNSUPPORTED:
+        return "/v2/unsupported", "", "", ""
+    if len(parts) == 4 and parts[:2] == ["repository", "models"] and parts[3] in ("load", "unload"):
+        return f"/v2/repository/models/{{model}}/{parts[3]}", "POST", parts[2], ""
+    if parts[0] == "systemsharedmemory":
+        if len(parts) == 2:
+            route, method = _SHM_ROUTES.get((parts[1],), (None, "GET"))
+            return route, method, "", ""
+        if len(parts) == 4 and parts[1] == "region":
+            route, method = _SHM_ROUTES.get((parts[3], 1), (None, "GET"))
+            return route, method, parts[2], ""
+        return None, "GET", "", ""
+    if parts == ["models", "stats"]:
+        return "/v2/models/stats", "GET", "", ""
     if len(parts) < 2 or parts[0] != "models":
         return None, "GET", "", ""
     model, rest, version = parts[1], parts[2:], ""
     if rest[:1] == ["versions"] and len(rest) >= 2:
         version, rest = rest[1], rest[2:]
-    if rest == []:
-        return "/v2/models/{model}", "GET", model, version
-    if rest == ["ready"]:
-        return "/v2/models/{model}/ready", "GET", model, version
-    if rest == ["infer"]:
-        return "/v2/models/{model}/infer", "POST", model, version
-    return None, "GET", "", ""
+    route, method = _MODEL_ROUTES.get(tuple(rest), (None, "GET"))
+    return route, method, (model if route else ""), (version if route else "")
 
 
 # -- the infer body -------------------------------------------------------------------------
 
-Requested = list[tuple[str, str, bool | None]]  # (name, where, binary_data or None: default)
+# (name, where, binary_data or None: default, the shared memory it goes to or None)
+Requested = list[tuple[str, str, bool | None, Slice | None]]
 
 
 def _decode(
-    body: bytes, headers: dict[bytes, bytes]
+    body: bytes, headers: dict[bytes, bytes], shm: SharedMemory
 ) -> tuple[dict[str, Any], list[v2.Tensor], Requested, bool]:
     """(request JSON, inputs, requested outputs, binary_data_output) of one infer body."""
     media = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
@@ -160,20 +251,23 @@ def _decode(
                 "Inference-Header-Content-Length",
             )
         head, rest = body[: int(raw_length)], body[int(raw_length) :]
-    try:
-        request = orjson.loads(head)
-    except orjson.JSONDecodeError as e:
-        raise InvalidInput(f"body: not valid JSON: {e}", "body") from None
-    if not isinstance(request, dict):
-        raise InvalidInput("body: expected a JSON object with 'inputs'", "body")
+    request = _object(head)
     inputs, used = [], 0
     for i, item in enumerate(_list(request, "inputs")):
         where = f"inputs[{i}]"
+        params = _params(item, where)
         size = _binary_size(item, where)
-        if size is None:
+        region = shm.slice(params, where) if params else None
+        if region is not None:
+            if size is not None or "data" in item:
+                raise InvalidInput(
+                    f"{where}: data in shared memory and in the body; give one", where
+                )
+            data: Any = region
+        elif size is None:
             if "data" not in item:
                 raise InvalidInput(f"{where}: needs 'data' or a binary_data_size", where)
-            data: Any = item["data"]
+            data = item["data"]
         else:
             if used + size > len(rest):
                 raise InvalidInput(
@@ -200,8 +294,10 @@ def _decode(
     requested: Requested = []
     for i, item in enumerate(_list(request, "outputs", required=False)):
         where = f"outputs[{i}]"
-        flag = _params(item, where).get("binary_data")
-        requested.append((_str(item, "name", where), where, _bool(flag, f"{where}.binary_data")))
+        params = _params(item, where)
+        flag = _bool(params.get("binary_data"), f"{where}.binary_data")
+        target = shm.slice(params, where) if params else None
+        requested.append((_str(item, "name", where), where, flag, target))
     top = _params(request, "body")
     default = _bool(top.get("binary_data_output"), "parameters.binary_data_output") or False
     return request, inputs, requested, default
@@ -213,12 +309,17 @@ def _encode(
     version: int,
     outputs: dict[str, np.ndarray],
     binary: dict[str, bool],
+    targets: dict[str, Slice],
+    shm: SharedMemory,
 ) -> Reply:
     entries: list[dict[str, Any]] = []
     blobs: list[memoryview] = []
     for name, a in outputs.items():
         entry: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(a.shape)}
-        if binary[name]:
+        target = targets.get(name)
+        if target is not None:
+            entry["parameters"] = shm_output(shm, target, a)
+        elif binary[name]:
             # The rows' own bytes: joined into the body, the one copy they make.
             blob = np.ascontiguousarray(a, dtype="<f4").reshape(-1).view(np.uint8).data
             entry["parameters"] = {"binary_data_size": blob.nbytes}
@@ -235,6 +336,27 @@ def _encode(
         return 200, head, list(JSON_HEADERS)
     headers = [(b"content-type", BINARY.encode()), (HEADER_LENGTH, str(len(head)).encode())]
     return 200, b"".join([head, *blobs]), headers
+
+
+def shm_output(shm: SharedMemory, target: Slice, rows: np.ndarray) -> dict[str, Any]:
+    """Write an output's rows into its shared memory region; the parameters that say so."""
+    params: dict[str, Any] = {"shared_memory_region": target.region.name}
+    params["shared_memory_byte_size"] = shm.write_rows(target, rows)
+    if target.offset:
+        params["shared_memory_offset"] = target.offset
+    return params
+
+
+def _object(raw: bytes) -> dict[str, Any]:
+    # msgspec, not orjson: an integer past 64 bits stays an integer ("is not an INT64"), where
+    # orjson reads it as a float (1e+23).
+    try:
+        doc = _JSON.decode(raw)
+    except msgspec.DecodeError as e:
+        raise InvalidInput(f"body: not valid JSON: {e}", "body") from None
+    if not isinstance(doc, dict):
+        raise InvalidInput("body: expected a JSON object", "body")
+    return doc
 
 
 def _list(doc: dict[str, Any], key: str, required: bool = True) -> list[dict[str, Any]]:
