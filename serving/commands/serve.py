@@ -3,10 +3,8 @@ uvicorn until SIGTERM."""
 
 from __future__ import annotations
 
-import errno
 import gc
 import signal
-import socket
 import sys
 
 import uvicorn
@@ -16,7 +14,7 @@ from serving.engine import weights
 from serving.engine.factory import create
 from serving.fronts.app import create_app
 from serving.fronts.connections import http_protocol
-from serving.fronts.server import banner, open_files_for
+from serving.fronts.server import banner, open_files_for, ports_taken
 from serving.settings import ServerSettings
 
 # The routes that answer predictions, as the metrics name them, and how the summary names
@@ -28,34 +26,8 @@ PREDICTION_ROUTES = {
 }
 
 
-def ports_taken(host: str, ports: dict[str, int]) -> str | None:
-    """Why the HTTP and gRPC ports cannot be bound on `host`, in one line, or None. Checked
-    before anything loads (a rank may take minutes), by binding each as uvicorn does."""
-    problems = []
-    if len(set(ports.values()) - {0}) < len([p for p in ports.values() if p]):
-        problems.append("--port and --grpc-port are the same port")
-    for what, port in ports.items():
-        if not port or problems:
-            continue
-        try:
-            family, kind, proto, _, address = socket.getaddrinfo(
-                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-            )[0]
-            with socket.socket(family, kind, proto) as sock:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind(address)
-        except OSError as e:
-            taken = e.errno == errno.EADDRINUSE
-            problems.append(f"port {port} ({what}) is " + ("taken" if taken else str(e.strerror)))
-    if not problems:
-        return None
-    return f"cannot listen on {host}: {', '.join(problems)}; nothing was loaded"
-
-
 def serve(spec: ModelSpec, settings: ServerSettings) -> int:
-    taken = ports_taken(
-        settings.host, {"HTTP, --port": settings.port, "gRPC, --grpc-port": settings.grpc_port}
-    )
+    taken = ports_taken(settings)  # checked first by the command too, before torch loads
     if taken:
         print(f"seqserve: error: {taken}", file=sys.stderr, flush=True)
         return 2

@@ -24,7 +24,10 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import HTMLResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
@@ -129,7 +132,17 @@ def create_app(
     # Our metrics are Prometheus (/metrics); FastAPI's native OpenTelemetry hooks would look up
     # providers on every request for nothing.
     no_otel: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
-    app = FastAPI(title="seqserve", version=VERSION, lifespan=lifespan, telemetry=no_otel)
+    # /docs from Swagger UI's own files (swagger-ui-bundle), not FastAPI's default CDN: the page
+    # works where the server runs, offline included. ReDoc has no such package: not served.
+    app = FastAPI(
+        title="seqserve",
+        version=VERSION,
+        lifespan=lifespan,
+        telemetry=no_otel,
+        docs_url=None,
+        redoc_url=None,
+    )
+    serve_docs(app)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
 
     @app.exception_handler(SeqServeError)
@@ -188,6 +201,31 @@ def create_app(
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return Front(app, service, shm)
+
+
+DOCS_ASSETS = "/docs-assets"
+
+
+def serve_docs(app: FastAPI) -> None:
+    """GET /docs: Swagger UI over /openapi.json, its scripts and styles served from here."""
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="seqserve - Swagger UI",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+            oauth2_redirect_url="/docs/oauth2-redirect",
+        )
+
+    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    async def oauth2_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
 
 
 async def body_within(request: Request, limit: int) -> bytes:
