@@ -17,7 +17,6 @@ $(STAMP): constraints.txt pyproject.toml
 	$(PIP) fbgemm-gpu-cpu
 	$(PIP) --no-deps torchrec
 	$(PIP) -e '.[dev]'
-	$(PIP) --no-deps kserve
 	touch $(STAMP)
 
 serve: install

@@ -107,7 +107,7 @@ def main() -> None:
         "--device",
         default="cpu",
         help="cpu, or cuda: the unsharded model and both engines on GPUs (the local engine "
-        "puts rank r on cuda:(r % gpus); the distributed one needs a GPU per rank)",
+        "puts rank r on cuda:(r %% gpus); the distributed one needs a GPU per rank)",
     )
     ap.add_argument(
         "--realistic", action="store_true", help="stored dtypes side by side on the realistic model"

@@ -214,8 +214,13 @@ def check_distributed(spec: ModelSpec) -> None:
 
 
 def load_spec(path: str | Path) -> ModelSpec:
-    """Read and check model.yaml; weight paths become absolute (relative to the file)."""
+    """Read and check model.yaml (or the model.yaml of a folder, as `seqserve demo-model`
+    writes); weight paths become absolute (relative to the file)."""
     path = Path(path)
+    if path.is_dir():
+        if not (path / "model.yaml").is_file():
+            raise SpecError(f"{path}: a folder without model.yaml; give the spec or its folder")
+        path = path / "model.yaml"
     try:
         raw = yaml.safe_load(path.read_text())
     except OSError as e:
@@ -290,4 +295,9 @@ def unstorable(rows: np.ndarray, dtype: Dtype) -> int | None:
 
 
 def why_unstorable(dtype: Dtype) -> str:
-    return f"holds NaN, inf or a value beyond +-65504, which {dtype} storage (fp16) cannot hold"
+    if dtype == "int8":
+        return (
+            "holds NaN, inf or a value beyond +-65504: int8 rows keep a per-row scale and bias "
+            "in fp16, which cannot hold it"
+        )
+    return f"holds NaN, inf or a value beyond +-65504, which {dtype} storage cannot hold"

@@ -56,6 +56,16 @@ class UpdatesDisabled(SeqServeError):
     """Weight updates are off: the server was not started with --allow-updates."""
 
 
+class SharedMemoryDisabled(SeqServeError):
+    """Triton's system shared memory is off: the server was not started with
+    --allow-shared-memory."""
+
+
+class NotSupported(SeqServeError):
+    """A protocol operation this server does not offer (loading or unloading models): 400 on
+    REST, UNIMPLEMENTED on gRPC; the message names what is supported instead."""
+
+
 class DeadlineExceeded(SeqServeError):
     """A request waited past its deadline; it was not computed."""
 
@@ -65,8 +75,10 @@ class DeadlineExceeded(SeqServeError):
 HTTP_STATUS: dict[type[SeqServeError], int] = {
     InvalidInput: 400,
     BadUpdate: 400,
+    NotSupported: 400,
     Unauthorized: 401,
     UpdatesDisabled: 403,
+    SharedMemoryDisabled: 403,
     UnknownModel: 404,
     PayloadTooLarge: 413,
     UnsupportedMediaType: 415,

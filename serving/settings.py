@@ -176,6 +176,23 @@ OPTIONS = (
         "apply the row deltas (*.safetensors) that appear in this folder, once each, in name order",
         shown="none",
     ),
+    Option(
+        "reload_roots",
+        str,
+        "",
+        "folders a full reload may read weights from, separated by ':' (paths are resolved "
+        "first: no '..' or symlink out of them)",
+        shown="the model's folder and --updates-dir",
+    ),
+    Option(
+        "allow_shared_memory",
+        bool,
+        False,
+        "serve Triton's system shared memory extension: inputs and outputs in /dev/shm regions "
+        "a client on this host registers (needs the token when there is one; beyond loopback, "
+        "needs --auth-token)",
+        shown="off",
+    ),
 )
 BY_NAME = {o.name: o for o in OPTIONS}
 
@@ -205,6 +222,8 @@ class ServerSettings:
     allow_updates: bool
     max_update_bytes: int
     updates_dir: str  # empty: none
+    reload_roots: str  # os.pathsep-separated; empty: none (serve fills in its default)
+    allow_shared_memory: bool
     limits: Limits
     batch: BatchSettings
 
@@ -265,7 +284,15 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def from_args(args: argparse.Namespace) -> ServerSettings:
-    return ServerSettings.of({o.name: getattr(args, o.name) for o in OPTIONS})
+    """The settings of `seqserve serve`; reloads may read, unless --reload-roots says otherwise,
+    the model's folder and --updates-dir."""
+    settings = ServerSettings.of({o.name: getattr(args, o.name) for o in OPTIONS})
+    if settings.reload_roots:
+        return settings
+    model: Path | None = args.model
+    roots = [str(model if model.is_dir() else model.parent)] if model else []
+    roots += [settings.updates_dir] if settings.updates_dir else []
+    return dataclasses.replace(settings, reload_roots=os.pathsep.join(roots))
 
 
 def markdown_table() -> str:

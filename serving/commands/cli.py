@@ -23,13 +23,19 @@ def _demo_model(args: argparse.Namespace) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from serving.fronts.server import ports_taken
+    from serving.settings import from_args
+
+    settings = from_args(args)
+    taken = ports_taken(settings)  # before torch, the spec and the weights load
+    if taken:
+        print(f"seqserve: error: {taken}", file=sys.stderr, flush=True)
+        return 2
     from serving.commands.demo import demo_spec
     from serving.commands.serve import serve
     from serving.config import load_spec
     from serving.engine.devices import gpu_count
-    from serving.settings import from_args
 
-    settings = from_args(args)
     spec = load_spec(args.model) if args.model else demo_spec(gpu_count())
     return serve(spec, settings)
 

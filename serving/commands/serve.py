@@ -14,7 +14,7 @@ from serving.engine import weights
 from serving.engine.factory import create
 from serving.fronts.app import create_app
 from serving.fronts.connections import http_protocol
-from serving.fronts.server import banner, open_files_for
+from serving.fronts.server import banner, open_files_for, ports_taken
 from serving.settings import ServerSettings
 
 # The routes that answer predictions, as the metrics name them, and how the summary names
@@ -27,8 +27,20 @@ PREDICTION_ROUTES = {
 
 
 def serve(spec: ModelSpec, settings: ServerSettings) -> int:
+    taken = ports_taken(settings)  # checked first by the command too, before torch loads
+    if taken:
+        print(f"seqserve: error: {taken}", file=sys.stderr, flush=True)
+        return 2
     weights.check(spec)  # a bad weights file fails here, in one line, before any rank starts
     exposed = settings.host not in ("127.0.0.1", "localhost", "::1")
+    if exposed and settings.allow_shared_memory and not settings.auth_token:
+        print(
+            f"seqserve: error: --allow-shared-memory on {settings.host} needs --auth-token: "
+            "anyone who can reach this host could read and write the server user's /dev/shm",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 2
     if exposed and settings.allow_updates and not settings.auth_token:
         print(
             f"seqserve: error: --allow-updates on {settings.host} needs --auth-token: anyone "

@@ -47,7 +47,8 @@ class Batcher(Generic[T, R]):
         self,
         process: Callable[[list[T]], Awaitable[list[R]]],
         settings: BatchSettings,
-        on_batch: Callable[[int, int], None] | None = None,
+        # After each batch: its sequences, ids, requests, and their summed queue time (s).
+        on_batch: Callable[[int, int, int, float], None] | None = None,
     ):
         self._process = process
         self._settings = settings
@@ -181,6 +182,7 @@ class Batcher(Generic[T, R]):
         return [p for p in batch if self._wanted(p)]
 
     async def _run_batch(self, batch: list[_Pending[T, R]]) -> None:
+        started = asyncio.get_running_loop().time()
         try:
             results = await self._process([p.item for p in batch])
             if len(results) != len(batch):
@@ -199,6 +201,8 @@ class Batcher(Generic[T, R]):
                     pending.future.set_result(result)
         if self._on_batch is not None:
             try:
-                self._on_batch(sum(p.size for p in batch), sum(p.cost for p in batch))
+                queued = sum(started - p.arrived for p in batch)
+                size, cost = sum(p.size for p in batch), sum(p.cost for p in batch)
+                self._on_batch(size, cost, len(batch), queued)
             except Exception:  # a metrics bug must not take serving down
                 log.exception("on_batch callback failed")

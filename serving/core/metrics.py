@@ -16,6 +16,8 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from serving.core.stats import PHASES, Stats
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 IDS_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536, 262144)
@@ -42,8 +44,10 @@ class Metrics:
         self._counts: dict[tuple[str, str], int] = {}
         self._timings: dict[str, _Timings] = {}
         self._status_text: dict[int | str, str] = {}
+        self.stats = Stats()  # Triton's statistics (v2 .../stats), rendered here too
         r = self.registry
         r.register(_RequestCollector(self))
+        r.register(_StatsCollector(self.stats))
         self.batch_size = Histogram(
             "seqserve_batch_sequences",
             "sequences per engine batch",
@@ -85,9 +89,10 @@ class Metrics:
         timings.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         timings.total += seconds
 
-    def on_batch(self, sequences: int, ids: int) -> None:
+    def on_batch(self, sequences: int, ids: int, requests: int, queued_s: float) -> None:
         self.batch_size.observe(sequences)
         self.batch_ids.observe(ids)
+        self.stats.queued(requests, int(queued_s * 1e9))
 
     def on_update(self, kind: str, outcome: str, rows: int) -> None:
         self.updates.labels(kind, outcome).inc()
@@ -129,3 +134,33 @@ class _RequestCollector(Collector):
                 buckets.append((floatToGoString(bound), cumulative))
             latency.add_metric([route], buckets, sum_value=timings.total)
         yield latency
+
+
+class _StatsCollector(Collector):
+    """The inference statistics (serving/core/stats.py) as Prometheus counters: the same
+    integers the v2 statistics routes answer."""
+
+    def __init__(self, stats: Stats):
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.stats
+        yield CounterMetricFamily(
+            "seqserve_inferences", "inference requests answered (all fronts)", value=s.inferences
+        )
+        yield CounterMetricFamily("seqserve_executions", "engine batches run", value=s.executions)
+        outcomes = CounterMetricFamily(
+            "seqserve_inference_outcomes", "requests that reached the queue", labels=["outcome"]
+        )
+        seconds = CounterMetricFamily(
+            "seqserve_inference_phase_seconds",
+            "summed request time by phase, as Triton's statistics count it",
+            labels=["phase"],
+        )
+        for name in ("success", "fail", "queue", *PHASES):
+            d = getattr(s, name)
+            if name in ("success", "fail"):
+                outcomes.add_metric([name], d.count)
+            seconds.add_metric([name], d.ns / 1e9)
+        yield outcomes
+        yield seconds

@@ -16,10 +16,12 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from serving.core import updates
@@ -78,6 +80,10 @@ class Service:
             self._process, settings.batch, on_batch=self.metrics.on_batch
         )
         self._token = settings.auth_token.encode()
+        # Where a full reload may read (resolved once: the rule compares resolved paths).
+        self.reload_roots = [
+            Path(r).resolve() for r in settings.reload_roots.split(os.pathsep) if r
+        ]
         # One thread runs every batch, so an engine can set that thread up once (the local
         # engine keeps torch to one thread there: OpenMP workers spinning after each small
         # batch took ~80 us of CPU per request from the event loop on 2 cores).
@@ -120,17 +126,29 @@ class Service:
         self._engine_thread.shutdown(wait=False)
 
     async def _process(self, requests: list[list[Ids]]) -> list[Predicted]:
-        """One engine batch of every sequence of `requests`, answered per request."""
+        """One engine batch of every sequence of `requests`, answered per request; its
+        phases timed for the statistics (serving/core/stats.py)."""
+        started = time.perf_counter_ns()
         flat = requests[0] if len(requests) == 1 else [s for r in requests for s in r]
         async with self._engine:
             version = self.version
             loop = asyncio.get_running_loop()
-            answers = await loop.run_in_executor(self._engine_thread, self.engine.forward, flat)
+            answers, began, ended = await loop.run_in_executor(
+                self._engine_thread, self._forward, flat
+            )
         out, at = [], 0
         for r in requests:
             out.append(Predicted(answers[at : at + len(r)], version))
             at += len(r)
+        done = time.perf_counter_ns()
+        self.metrics.stats.computed(len(requests), began - started, ended - began, done - ended)
         return out
+
+    def _forward(self, flat: list[Ids]) -> tuple[list[Answer], int, int]:
+        """On the engine thread: the answers, and when the engine began and ended."""
+        began = time.perf_counter_ns()
+        answers = self.engine.forward(flat)
+        return answers, began, time.perf_counter_ns()
 
     # -- checks every front makes, in this order ------------------------------------------
 
@@ -181,14 +199,20 @@ class Service:
         """Every sequence's rows, in order, all from one version of the weights; None if the
         client left (`gone()` true) before its batch ran: its sequences are never computed.
         The deadline is the server's request timeout, or `timeout_s` if that is sooner."""
+        entered = time.perf_counter_ns()
         limit = self.settings.request_timeout_s
         deadline = time.monotonic() + (limit if timeout_s is None else min(limit, timeout_s))
         ids = sum(len(v) for s in sequences for v in s.values())
-        future = self.batcher.enqueue(sequences, ids, deadline, size=len(sequences), gone=gone)
+        ok = False
         try:
-            return await future
+            future = self.batcher.enqueue(sequences, ids, deadline, size=len(sequences), gone=gone)
+            predicted = await future
+            ok = True
+            return predicted
         except Gone:
             return None
+        finally:
+            self.metrics.stats.answered(ok, time.perf_counter_ns() - entered)
 
     def describe(self) -> dict[str, Any]:
         """/models/{model}: the engine's account of its ranks and shards, and the version."""
@@ -237,7 +261,7 @@ class Service:
         if kind == "delta":
             delta = updates.parse_delta(body, self.spec)
             return updates.rows_in(delta), self.engine.prepare_update(delta)
-        new = updates.parse_reload(body)
+        new = updates.parse_reload(body, self.reload_roots)
         try:
             commit = self.engine.prepare_reload(new)
         except (SpecError, EngineStartError) as e:

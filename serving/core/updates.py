@@ -4,11 +4,14 @@ apply what this module accepts.
 
 A delta is a safetensors file holding, per table to change, `<table>.ids` (int64 [k], unique,
 in range) and `<table>.rows` (float32 [k, dim], finite: a NaN would reach every client). A
-reload names new weights on the server: `{"safetensors": PATH}` or `{"dcp": PATH}`.
+reload names new weights on the server: `{"safetensors": PATH}` or `{"dcp": PATH}`, which must
+resolve (symlinks and '..' followed first) to a path under one of the folders the operator
+allows (--reload-roots); a DCP folder's entries too, since its metadata is unpickled.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +89,9 @@ def parse_delta(body: bytes, spec: ModelSpec) -> Delta:
     return delta
 
 
-def parse_reload(body: bytes) -> WeightsSpec:
-    """`{"safetensors": PATH}` or `{"dcp": PATH}`: a path on the server."""
+def parse_reload(body: bytes, roots: Sequence[Path]) -> WeightsSpec:
+    """`{"safetensors": PATH}` or `{"dcp": PATH}`: a path on the server under one of `roots`
+    (resolved folders)."""
     try:
         doc: Any = orjson.loads(body)
     except orjson.JSONDecodeError as e:
@@ -103,4 +107,18 @@ def parse_reload(body: bytes) -> WeightsSpec:
         resolved = Path(path).resolve()
     except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: a symlink loop
         raise BadUpdate(f"reload: '{kind}' path {path!r} cannot be resolved: {e}") from None
+    _check_under(kind, path, resolved, roots)
+    if kind == "dcp" and resolved.is_dir():
+        for entry in sorted(resolved.iterdir()):
+            _check_under(kind, str(entry), entry.resolve(), roots)
     return WeightsSpec(**{kind: resolved})
+
+
+def _check_under(kind: str, given: str, resolved: Path, roots: Sequence[Path]) -> None:
+    if any(resolved.is_relative_to(root) for root in roots):
+        return
+    allowed = ", ".join(str(r) for r in roots) or "none"
+    raise BadUpdate(
+        f"reload: '{kind}' path {given!r} resolves to {resolved}, outside the folders reloads "
+        f"may read ({allowed}); the operator names them with --reload-roots"
+    )

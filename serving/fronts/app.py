@@ -24,7 +24,10 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import HTMLResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.staticfiles import StaticFiles
 from fastapi.telemetry import TelemetryConfig
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException
@@ -40,6 +43,7 @@ from serving.fronts import codec, native, v2_grpc
 from serving.fronts.asgi import Reply
 from serving.fronts.native import Predictions, error_reply, model_of, seqserve_error_reply
 from serving.fronts.schemas import error_responses, predict_openapi, weights_openapi
+from serving.fronts.shm import SharedMemory
 from serving.fronts.v2_openapi import v2_paths
 from serving.fronts.v2_rest import V2Rest, is_v2
 from serving.settings import ServerSettings
@@ -58,11 +62,11 @@ def response(reply: Reply) -> Response:
 class Front:
     """The ASGI app: the hot routes here, every other path (and the lifespan) to FastAPI."""
 
-    def __init__(self, app: FastAPI, service: Service):
+    def __init__(self, app: FastAPI, service: Service, shm: SharedMemory | None = None):
         self.app = app
         self.service = service
         self.predictions = Predictions(service)
-        self.v2 = V2Rest(service, VERSION)
+        self.v2 = V2Rest(service, VERSION, shm)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
@@ -86,6 +90,7 @@ def create_app(
     here and over gRPC on --grpc-port (started and stopped with the app)."""
     service = Service(settings, engine)
     spec = engine.spec
+    shm = SharedMemory(settings.allow_shared_memory)  # Triton's regions, for REST and gRPC
 
     # The schema names the one model served, so clients and fuzzers know the valid {model}.
     model_param = Path(
@@ -95,7 +100,9 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         try:
-            grpc_server = await v2_grpc.start(service, settings.host, settings.grpc_port, VERSION)
+            grpc_server = await v2_grpc.start(
+                service, settings.host, settings.grpc_port, VERSION, shm
+            )
         except OSError as e:  # the port is taken: say so in one line and stop, nothing started
             if on_fatal is None:
                 raise
@@ -120,11 +127,22 @@ def create_app(
                 await service.abandon_start()
             await starting
             await service.stop()
+            shm.close()
 
     # Our metrics are Prometheus (/metrics); FastAPI's native OpenTelemetry hooks would look up
     # providers on every request for nothing.
     no_otel: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
-    app = FastAPI(title="seqserve", version=VERSION, lifespan=lifespan, telemetry=no_otel)
+    # /docs from Swagger UI's own files (swagger-ui-bundle), not FastAPI's default CDN: the page
+    # works where the server runs, offline included. ReDoc has no such package: not served.
+    app = FastAPI(
+        title="seqserve",
+        version=VERSION,
+        lifespan=lifespan,
+        telemetry=no_otel,
+        docs_url=None,
+        redoc_url=None,
+    )
+    serve_docs(app)
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
 
     @app.exception_handler(SeqServeError)
@@ -182,7 +200,32 @@ def create_app(
     async def prometheus() -> Response:
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    return Front(app, service)
+    return Front(app, service, shm)
+
+
+DOCS_ASSETS = "/docs-assets"
+
+
+def serve_docs(app: FastAPI) -> None:
+    """GET /docs: Swagger UI over /openapi.json, its scripts and styles served from here."""
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="seqserve - Swagger UI",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon-32x32.png",
+            oauth2_redirect_url="/docs/oauth2-redirect",
+        )
+
+    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    async def oauth2_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
 
 
 async def body_within(request: Request, limit: int) -> bytes:

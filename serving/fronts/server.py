@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import resource
+import socket
 
 from serving.config import ModelSpec
 from serving.settings import ServerSettings
@@ -42,3 +44,29 @@ def open_files_for(connections: int) -> None:
     if soft != resource.RLIM_INFINITY and soft < want:
         top = want if hard == resource.RLIM_INFINITY else min(want, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (top, hard))
+
+
+def ports_taken(settings: ServerSettings) -> str | None:
+    """Why the HTTP and gRPC ports cannot be bound on --host, in one line, or None. Checked
+    before anything loads (a rank may take minutes), by binding each as uvicorn does."""
+    host = settings.host
+    ports = {"HTTP, --port": settings.port, "gRPC, --grpc-port": settings.grpc_port}
+    if len(set(ports.values()) - {0}) < len([p for p in ports.values() if p]):
+        return f"cannot listen on {host}: --port and --grpc-port are the same port"
+    problems = []
+    for what, port in ports.items():
+        if not port:
+            continue
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(address)
+        except OSError as e:
+            taken = e.errno == errno.EADDRINUSE
+            problems.append(f"port {port} ({what}) is " + ("taken" if taken else str(e.strerror)))
+    if not problems:
+        return None
+    return f"cannot listen on {host}: {', '.join(problems)}; nothing was loaded"

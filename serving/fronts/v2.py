@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -27,15 +27,28 @@ from serving.settings import Limits
 DATATYPES: dict[str, np.dtype[Any]] = {"INT64": np.dtype("<i8"), "INT32": np.dtype("<i4")}
 LENGTHS = ".lengths"
 PLATFORM = "pytorch_torchrec"
-EXTENSIONS = ("binary_tensor_data",)
+# Triton's extensions served (docs/protocols.md#routes); system_shared_memory only with
+# --allow-shared-memory.
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "model_repository", "statistics")
+SHARED_MEMORY = "system_shared_memory"
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+@runtime_checkable
+class Deferred(Protocol):
+    """Data read only once its size is checked (an input in shared memory)."""
+
+    nbytes: int
+
+    def read(self) -> bytes: ...
 
 
 class Tensor(NamedTuple):
     name: str
     datatype: str
     shape: Sequence[int]
-    data: Any  # a JSON list, raw little-endian bytes, or a numpy array (gRPC typed contents)
+    # a JSON list, raw little-endian bytes, a numpy array (gRPC typed contents) or Deferred
+    data: Any
     where: str  # how a message names it: "inputs[1]"
 
 
@@ -71,6 +84,11 @@ def inference(inputs: Sequence[Tensor], rows: Mapping[str, int], limits: Limits)
             raise InvalidInput(
                 f"{t.where} '{t.name}': shape {list(t.shape)} is not supported; expected [n]",
                 t.where,
+            )
+        if t.name.endswith(LENGTHS) and t.shape[0] > limits.max_instances:
+            raise PayloadTooLarge(
+                f"{t.where} '{t.name}': {t.shape[0]} sequences; the limit is "
+                f"{limits.max_instances} per request"
             )
         by_name[t.name] = t
     features = [name for name in by_name if not name.endswith(LENGTHS)]
@@ -111,8 +129,9 @@ def selected(requested: Sequence[tuple[str, str]], features: Sequence[str]) -> l
     return names
 
 
-def server_metadata(version: str) -> dict[str, Any]:
-    return {"name": "seqserve", "version": version, "extensions": list(EXTENSIONS)}
+def server_metadata(version: str, shared_memory: bool = False) -> dict[str, Any]:
+    extensions = [*EXTENSIONS, SHARED_MEMORY] if shared_memory else list(EXTENSIONS)
+    return {"name": "seqserve", "version": version, "extensions": extensions}
 
 
 def model_metadata(spec: ModelSpec, version: int) -> dict[str, Any]:
@@ -136,22 +155,19 @@ def _ids(t: Tensor, table_rows: int) -> np.ndarray:
 
 def _values(t: Tensor) -> np.ndarray:
     """The tensor's n integers as int64, whichever way they came."""
-    n = t.shape[0]
-    dtype = DATATYPES[t.datatype]
-    if isinstance(t.data, bytes | bytearray | memoryview):
-        if len(t.data) != n * dtype.itemsize:
-            raise InvalidInput(
-                f"{t.where} '{t.name}': {len(t.data)} bytes of data; shape [{n}] of {t.datatype} "
-                f"needs {n * dtype.itemsize}",
-                t.where,
-            )
-        return np.frombuffer(t.data, dtype=dtype).astype(np.int64, copy=False)
-    if isinstance(t.data, np.ndarray):
-        arr = t.data.astype(np.int64, copy=False)
-    elif isinstance(t.data, list):
+    data = t.data
+    # bytes first: the protocol check of Deferred costs microseconds, bytes are the hot path
+    if isinstance(data, bytes | bytearray | memoryview):
+        return _raw(t, data, len(data))
+    if isinstance(data, list):
         arr = _json_ints(t)
+    elif isinstance(data, np.ndarray):
+        arr = data.astype(np.int64, copy=False)
+    elif isinstance(data, Deferred):
+        return _raw(t, data, data.nbytes)
     else:
         raise InvalidInput(f"{t.where} '{t.name}': 'data' must be an array of integers", t.where)
+    n = t.shape[0]
     if arr.shape != (n,):
         raise InvalidInput(
             f"{t.where} '{t.name}': {arr.size} values of data for shape [{n}]", t.where
@@ -160,6 +176,20 @@ def _values(t: Tensor) -> np.ndarray:
         pos = int(np.argmax((arr < -(2**31)) | (arr >= 2**31)))
         raise InvalidInput(f"{t.where} '{t.name}'[{pos}]: {int(arr[pos])} is not an INT32", t.where)
     return arr
+
+
+def _raw(t: Tensor, data: bytes | bytearray | memoryview | Deferred, size: int) -> np.ndarray:
+    """Little-endian integers in the body or in shared memory (read once its size is right)."""
+    n, dtype = t.shape[0], DATATYPES[t.datatype]
+    if size != n * dtype.itemsize:
+        raise InvalidInput(
+            f"{t.where} '{t.name}': {size} bytes of data; shape [{n}] of {t.datatype} "
+            f"needs {n * dtype.itemsize}",
+            t.where,
+        )
+    raw = data if isinstance(data, bytes | bytearray | memoryview) else data.read()
+    # INT64 is read in place (no copy): nothing downstream writes to ids.
+    return np.frombuffer(raw, dtype=dtype).astype(np.int64, copy=False)
 
 
 def _json_ints(t: Tensor) -> np.ndarray:

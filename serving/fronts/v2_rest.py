@@ -16,8 +16,14 @@ import orjson
 from starlette.types import Receive, Scope, Send
 
 from serving.core.service import Service
-from serving.errors import InvalidInput, SeqServeError, UnsupportedMediaType, http_status
-from serving.fronts import codec, v2
+from serving.errors import (
+    InvalidInput,
+    NotSupported,
+    SeqServeError,
+    UnsupportedMediaType,
+    http_status,
+)
+from serving.fronts import codec, v2, v2_tools
 from serving.fronts.asgi import (
     Headers,
     Reply,
@@ -27,11 +33,13 @@ from serving.fronts.asgi import (
     read_body,
     respond,
 )
+from serving.fronts.shm import SharedMemory, Slice, check_fits
 
 HEADER_LENGTH = b"inference-header-content-length"
 BINARY = "application/octet-stream"
 JSON = b"application/json"
 JSON_HEADERS: Headers = [(b"content-type", JSON)]
+_JSON = msgspec.json.Decoder()
 
 
 def error_reply(status: int, message: str, retry_after: float = 1.0) -> Reply:
@@ -54,10 +62,11 @@ def is_v2(path: str) -> bool:
 class V2Rest:
     """Answers every path under /v2; `serving.fronts.app.Front` routes here."""
 
-    def __init__(self, service: Service, server_version: str):
+    def __init__(self, service: Service, server_version: str, shm: SharedMemory | None = None):
         self.service = service
         self.server_version = server_version
         self.retry_after = service.settings.batch.retry_after_s
+        self.shm = shm or SharedMemory(False)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope["path"]
@@ -67,7 +76,7 @@ class V2Rest:
         async def answer() -> Reply | None:
             if route is None:
                 return error_reply(404, f"no such route: {path}")
-            if scope["method"] != method:
+            if method and scope["method"] != method:
                 status, body, headers = error_reply(
                     405, f"method {scope['method']} is not allowed on {path}; use {method}"
                 )
@@ -91,53 +100,135 @@ class V2Rest:
         if route == "/v2/models/{model}/ready":
             service.check_model(model, version)
             return ok({"name": model, "ready": service.ready}, 200 if service.ready else 503)
-        if route == "/v2":
+        if route != "/v2/models/{model}/infer":
             service.authorize(headers.get(b"authorization"))
-            return ok(v2.server_metadata(self.server_version))
-        if route == "/v2/models/{model}":
-            service.authorize(headers.get(b"authorization"))
-            service.check_model(model, version)
-            return ok(v2.model_metadata(service.spec, service.version))
+            return await self.tools(route, receive, headers, model, version)
         service.admit(headers.get(b"authorization"), model, version)
         limits = service.limits
         body = await read_body(receive, headers.get(b"content-length"), limits.max_body_bytes)
         if body is None:
             return None
-        decoded = _decode(body, headers)
+        decoded = _decode(body, headers, self.shm)
         inference = v2.inference(decoded.inputs, service.rows, limits)
-        names = v2.selected([(n, w) for n, w, _ in decoded.requested], inference.features)
-        binary = {n: b for n, _, b in decoded.requested if b is not None}
+        names = v2.selected([(n, w) for n, w, _, _ in decoded.requested], inference.features)
+        binary = {n: b for n, _, b, _ in decoded.requested if b is not None}
+        targets = {n: t for n, _, _, t in decoded.requested if t is not None}
+        if targets:
+            check_fits(targets, inference.sequences, service.spec)
         predicted = await service.predict(inference.sequences, gone_of(scope))
         if predicted is None:
             return None
         outputs = {n: v2.rows(predicted.answers, n) for n in names}
         chosen = {n: binary.get(n, decoded.binary_default) for n in names}
-        return _encode(decoded.id, service.spec.name, predicted.version, outputs, chosen)
+        return _encode(
+            decoded.id, service.spec.name, predicted.version, outputs, chosen, targets, self.shm
+        )
+
+    async def tools(
+        self, route: str, receive: Receive, headers: dict[bytes, bytes], name: str, version: str
+    ) -> Reply:
+        """Server and model metadata and Triton's extensions (v2_tools, shm): the token is
+        checked."""
+        service, shm = self.service, self.shm
+        if route == "/v2":
+            return ok(v2.server_metadata(self.server_version, shm.enabled))
+        if route == "/v2/models/stats":
+            return ok(v2_tools.statistics(service.spec, service.version, service.metrics.stats))
+        if route == "/v2/repository/index":
+            body = await read_body(receive, headers.get(b"content-length"), 4096)
+            only_ready = _bool(_object(body or b"{}").get("ready"), "ready") or False
+            index = v2_tools.repository_index(
+                service.spec, service.version, service.ready, only_ready
+            )
+            return ok(index)
+        if route.startswith("/v2/repository/models/"):
+            raise NotSupported(v2_tools.LOAD_UNLOAD.format(model=service.spec.name))
+        if route == "/v2/unsupported":
+            raise NotSupported(
+                "this Triton extension is not served; served: binary tensor data, model "
+                "configuration, model repository (index), statistics and system shared memory "
+                "(docs/protocols.md#routes)"
+            )
+        if route.startswith("/v2/systemsharedmemory/"):
+            return await self.shared_memory(route, receive, headers, name)
+        service.check_model(name, version)
+        if route == "/v2/models/{model}":
+            return ok(v2.model_metadata(service.spec, service.version))
+        if route == "/v2/models/{model}/config":
+            return ok(v2_tools.model_config(service.spec))
+        assert route == "/v2/models/{model}/stats", route
+        return ok(v2_tools.statistics(service.spec, service.version, service.metrics.stats))
+
+    async def shared_memory(
+        self, route: str, receive: Receive, headers: dict[bytes, bytes], name: str
+    ) -> Reply:
+        shm = self.shm
+        shm.check_enabled()
+        if route.endswith("/status"):
+            return ok(shm.status(name))
+        if route.endswith("/unregister"):
+            shm.unregister(name)
+            return ok({})
+        body = await read_body(receive, headers.get(b"content-length"), 4096)
+        doc = _object(body or b"")
+        shm.register(name, doc.get("key"), doc.get("offset", 0), doc.get("byte_size"))
+        return ok({})
+
+
+# Triton's extensions that are not served: a clear NotSupported, not "no such route".
+_UNSUPPORTED = ("cudasharedmemory", "trace", "logging")
+_MODEL_ROUTES = {
+    (): ("/v2/models/{model}", "GET"),
+    ("ready",): ("/v2/models/{model}/ready", "GET"),
+    ("infer",): ("/v2/models/{model}/infer", "POST"),
+    ("config",): ("/v2/models/{model}/config", "GET"),
+    ("stats",): ("/v2/models/{model}/stats", "GET"),
+}
+_SHM_ROUTES = {
+    ("status",): ("/v2/systemsharedmemory/status", "GET"),
+    ("unregister",): ("/v2/systemsharedmemory/unregister", "POST"),
+    ("status", 1): ("/v2/systemsharedmemory/region/{name}/status", "GET"),
+    ("register", 1): ("/v2/systemsharedmemory/region/{name}/register", "POST"),
+    ("unregister", 1): ("/v2/systemsharedmemory/region/{name}/unregister", "POST"),
+}
 
 
 def _route(parts: list[str]) -> tuple[str | None, str, str, str]:
-    """(route template, its method, model, version) of a path under /v2; None if unknown."""
+    """(route template, its method ("" for any), model or region name, version) of a path
+    under /v2; None if unknown."""
     if not parts:
         return "/v2", "GET", "", ""
     if parts in (["health", "live"], ["health", "ready"]):
         return "/v2/" + "/".join(parts), "GET", "", ""
+    if parts == ["repository", "index"]:
+        return "/v2/repository/index", "POST", "", ""
+    if parts[0] in _UNSUPPORTED:
+        return "/v2/unsupported", "", "", ""
+    if len(parts) == 4 and parts[:2] == ["repository", "models"] and parts[3] in ("load", "unload"):
+        return f"/v2/repository/models/{{model}}/{parts[3]}", "POST", parts[2], ""
+    if parts[0] == "systemsharedmemory":
+        if len(parts) == 2:
+            route, method = _SHM_ROUTES.get((parts[1],), (None, "GET"))
+            return route, method, "", ""
+        if len(parts) == 4 and parts[1] == "region":
+            route, method = _SHM_ROUTES.get((parts[3], 1), (None, "GET"))
+            return route, method, parts[2], ""
+        return None, "GET", "", ""
+    if parts == ["models", "stats"]:
+        return "/v2/models/stats", "GET", "", ""
     if len(parts) < 2 or parts[0] != "models":
         return None, "GET", "", ""
     model, rest, version = parts[1], parts[2:], ""
     if rest[:1] == ["versions"] and len(rest) >= 2:
         version, rest = rest[1], rest[2:]
-    if rest == []:
-        return "/v2/models/{model}", "GET", model, version
-    if rest == ["ready"]:
-        return "/v2/models/{model}/ready", "GET", model, version
-    if rest == ["infer"]:
-        return "/v2/models/{model}/infer", "POST", model, version
-    return None, "GET", "", ""
+    route, method = _MODEL_ROUTES.get(tuple(rest), (None, "GET"))
+    return route, method, (model if route else ""), (version if route else "")
 
 
 # -- the infer body -------------------------------------------------------------------------
 
-Requested = list[tuple[str, str, bool | None]]  # (name, where, binary_data or None: default)
+# (name, where, binary_data or None: default, the shared memory it goes to or None)
+Requested = list[tuple[str, str, bool | None, Slice | None]]
 
 
 class _Decoded(NamedTuple):
@@ -147,7 +238,22 @@ class _Decoded(NamedTuple):
     binary_default: bool  # parameters.binary_data_output
 
 
-class _InputParams(msgspec.Struct):
+class _SharedMemoryParams(msgspec.Struct):
+    # Any of these sends the header to the checks below, which read shared memory.
+    shared_memory_region: Any = msgspec.UNSET
+    shared_memory_byte_size: Any = msgspec.UNSET
+    shared_memory_offset: Any = msgspec.UNSET
+
+    def in_shared_memory(self) -> bool:
+        unset = msgspec.UNSET
+        return not (
+            self.shared_memory_region is unset
+            and self.shared_memory_byte_size is unset
+            and self.shared_memory_offset is unset
+        )
+
+
+class _InputParams(_SharedMemoryParams):
     binary_data_size: int | msgspec.UnsetType = msgspec.UNSET
 
 
@@ -159,7 +265,7 @@ class _Input(msgspec.Struct):
     parameters: _InputParams = msgspec.field(default_factory=_InputParams)
 
 
-class _OutputParams(msgspec.Struct):
+class _OutputParams(_SharedMemoryParams):
     binary_data: bool | msgspec.UnsetType = msgspec.UNSET
 
 
@@ -179,44 +285,44 @@ class _Request(msgspec.Struct):
     parameters: _Params = msgspec.field(default_factory=_Params)
 
 
-# A well-formed header is parsed and its types checked in C in one pass; one it refuses is
-# walked by `_checked_request`, whose job is the message naming the field.
+# A well-formed header of tensors in the body is parsed and its types checked in C in one
+# pass; any other (shared memory, or something wrong) is walked by `_checked_request`, whose
+# job is shared memory and the message naming the field.
 _REQUEST = msgspec.json.Decoder(_Request)
 
 
-def _decode(body: bytes, headers: dict[bytes, bytes]) -> _Decoded:
+def _decode(body: bytes, headers: dict[bytes, bytes], shm: SharedMemory) -> _Decoded:
     """The request id, inputs, requested outputs and binary_data_output of one infer body."""
     head, rest = _split(body, headers)
     try:
         request = _REQUEST.decode(head)
     except (msgspec.ValidationError, msgspec.DecodeError):
-        return _checked_request(head, rest)
+        return _checked_request(head, rest, shm)
     inputs, used = [], 0
     for i, item in enumerate(request.inputs):
-        size = item.parameters.binary_data_size
+        params = item.parameters
+        size = params.binary_data_size
+        if params.in_shared_memory():
+            return _checked_request(head, rest, shm)
         if size is msgspec.UNSET:
             if item.data is msgspec.UNSET:
-                return _checked_request(head, rest)
+                return _checked_request(head, rest, shm)
             data = item.data
         else:
             if size < 0 or used + size > len(rest):
-                return _checked_request(head, rest)
+                return _checked_request(head, rest, shm)
             data, used = rest[used : used + size], used + size
         inputs.append(v2.Tensor(item.name, item.datatype, item.shape, data, f"inputs[{i}]"))
     if used != len(rest):
-        return _checked_request(head, rest)
-    outputs = request.outputs if request.outputs is not msgspec.UNSET else ()
-    requested: Requested = [
-        (
-            o.name,
-            f"outputs[{i}]",
-            None if o.parameters.binary_data is msgspec.UNSET else o.parameters.binary_data,
-        )
-        for i, o in enumerate(outputs)
-    ]
-    default = request.parameters.binary_data_output
+        return _checked_request(head, rest, shm)
+    requested: Requested = []
+    for i, o in enumerate(request.outputs or ()):
+        if o.parameters.in_shared_memory():
+            return _checked_request(head, rest, shm)
+        flag = o.parameters.binary_data
+        requested.append((o.name, f"outputs[{i}]", None if flag is msgspec.UNSET else flag, None))
     request_id = request.id if isinstance(request.id, str) else None
-    return _Decoded(request_id, inputs, requested, default is True)
+    return _Decoded(request_id, inputs, requested, request.parameters.binary_data_output is True)
 
 
 def _split(body: bytes, headers: dict[bytes, bytes]) -> tuple[bytes, bytes]:
@@ -241,22 +347,26 @@ def _split(body: bytes, headers: dict[bytes, bytes]) -> tuple[bytes, bytes]:
     return head, rest
 
 
-def _checked_request(head: bytes, rest: bytes) -> _Decoded:
-    """The header the typed decoder refused, walked in Python to say what is wrong with it."""
-    try:
-        request = orjson.loads(head)
-    except orjson.JSONDecodeError as e:
-        raise InvalidInput(f"body: not valid JSON: {e}", "body") from None
-    if not isinstance(request, dict):
-        raise InvalidInput("body: expected a JSON object with 'inputs'", "body")
+def _checked_request(head: bytes, rest: bytes, shm: SharedMemory) -> _Decoded:
+    """The header the typed decoder passed on, walked in Python: shared memory, and what is
+    wrong with it."""
+    request = _object(head)
     inputs, used = [], 0
     for i, item in enumerate(_list(request, "inputs")):
         where = f"inputs[{i}]"
+        params = _params(item, where)
         size = _binary_size(item, where)
-        if size is None:
+        region = shm.slice(params, where) if params else None
+        if region is not None:
+            if size is not None or "data" in item:
+                raise InvalidInput(
+                    f"{where}: data in shared memory and in the body; give one", where
+                )
+            data: Any = region
+        elif size is None:
             if "data" not in item:
                 raise InvalidInput(f"{where}: needs 'data' or a binary_data_size", where)
-            data: Any = item["data"]
+            data = item["data"]
         else:
             if used + size > len(rest):
                 raise InvalidInput(
@@ -276,8 +386,10 @@ def _checked_request(head: bytes, rest: bytes) -> _Decoded:
     requested: Requested = []
     for i, item in enumerate(_list(request, "outputs", required=False)):
         where = f"outputs[{i}]"
-        flag = _params(item, where).get("binary_data")
-        requested.append((_str(item, "name", where), where, _bool(flag, f"{where}.binary_data")))
+        params = _params(item, where)
+        flag = _bool(params.get("binary_data"), f"{where}.binary_data")
+        target = shm.slice(params, where) if params else None
+        requested.append((_str(item, "name", where), where, flag, target))
     top = _params(request, "body")
     default = _bool(top.get("binary_data_output"), "parameters.binary_data_output") or False
     request_id = request.get("id")
@@ -290,12 +402,17 @@ def _encode(
     version: int,
     outputs: dict[str, np.ndarray],
     binary: dict[str, bool],
+    targets: dict[str, Slice],
+    shm: SharedMemory,
 ) -> Reply:
     entries: list[dict[str, Any]] = []
     blobs: list[memoryview] = []
     for name, a in outputs.items():
         entry: dict[str, Any] = {"name": name, "datatype": "FP32", "shape": list(a.shape)}
-        if binary[name]:
+        target = targets.get(name)
+        if target is not None:
+            entry["parameters"] = shm_output(shm, target, a)
+        elif binary[name]:
             # The rows' own bytes: joined into the body, the one copy they make.
             blob = np.ascontiguousarray(a, dtype="<f4").reshape(-1).view(np.uint8).data
             entry["parameters"] = {"binary_data_size": blob.nbytes}
@@ -312,6 +429,27 @@ def _encode(
         return 200, head, list(JSON_HEADERS)
     headers = [(b"content-type", BINARY.encode()), (HEADER_LENGTH, str(len(head)).encode())]
     return 200, b"".join([head, *blobs]), headers
+
+
+def shm_output(shm: SharedMemory, target: Slice, rows: np.ndarray) -> dict[str, Any]:
+    """Write an output's rows into its shared memory region; the parameters that say so."""
+    params: dict[str, Any] = {"shared_memory_region": target.region.name}
+    params["shared_memory_byte_size"] = shm.write_rows(target, rows)
+    if target.offset:
+        params["shared_memory_offset"] = target.offset
+    return params
+
+
+def _object(raw: bytes) -> dict[str, Any]:
+    # msgspec, not orjson: an integer past 64 bits stays an integer ("is not an INT64"), where
+    # orjson reads it as a float (1e+23).
+    try:
+        doc = _JSON.decode(raw)
+    except msgspec.DecodeError as e:
+        raise InvalidInput(f"body: not valid JSON: {e}", "body") from None
+    if not isinstance(doc, dict):
+        raise InvalidInput("body: expected a JSON object", "body")
+    return doc
 
 
 def _list(doc: dict[str, Any], key: str, required: bool = True) -> list[dict[str, Any]]:

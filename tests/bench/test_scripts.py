@@ -76,3 +76,16 @@ def test_nodes_bench_times_one_host_against_two(tmp_path: Path) -> None:
     rows = json.loads(out.read_text())["results"]
     assert [r["requests"] for r in rows] == [1, 8]
     assert all(r["one_host_ms"] > 0 and r["two_hosts_ms"] > 0 for r in rows)
+
+
+@pytest.mark.parametrize("script", ["engine_bench.py", "shm_bench.py"])
+def test_help_prints(script: str) -> None:
+    out = subprocess.run(
+        [sys.executable, f"benchmarks/{script}", "--help"],
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0 and "usage:" in out.stdout, out.stderr

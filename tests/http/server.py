@@ -60,7 +60,8 @@ class Server:
         self.grpc_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.grpc_url = f"127.0.0.1:{self.grpc_port}"
-        self.weights = load_file(str(model.parent / "weights.safetensors"))
+        folder = model if model.is_dir() else model.parent  # --model takes either
+        self.weights = load_file(str(folder / "weights.safetensors"))
         self.proc = subprocess.Popen(
             [
                 sys.executable,

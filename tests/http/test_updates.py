@@ -26,6 +26,7 @@ pytestmark = pytest.mark.slow
 DIM = 16
 PROBE = {"items": (list(range(20)), "item_id"), "categories": (list(range(5)), "category_id")}
 OCTET = {"Content-Type": "application/octet-stream"}
+JSON = {"Content-Type": "application/json"}
 
 
 def marked(version: int, ids: list[int]) -> np.ndarray:
@@ -54,8 +55,14 @@ def version_reload(server: Server, version: int, folder: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def updatable(model_path: Path) -> Iterator[Server]:
-    s = Server(model_path, "--allow-updates")
+def reloads(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The one folder (besides the model's) full reloads may read from."""
+    return tmp_path_factory.mktemp("reloads")
+
+
+@pytest.fixture(scope="module")
+def updatable(model_path: Path, reloads: Path) -> Iterator[Server]:
+    s = Server(model_path, "--allow-updates", "--reload-roots", f"{model_path.parent}:{reloads}")
     try:
         s.wait_ready()
         yield s
@@ -84,7 +91,7 @@ def read_version(r: httpx.Response, msgpacked: bool, asked: dict[str, list[int]]
 
 
 def test_readers_under_load_see_exactly_one_version_per_answer(
-    updatable: Server, tmp_path: Path
+    updatable: Server, reloads: Path
 ) -> None:
     c = updatable.client
     first = c.post("/models/small/weights", content=version_delta(2), headers=OCTET).json()
@@ -123,7 +130,7 @@ def test_readers_under_load_see_exactly_one_version_per_answer(
         for v in range(3, 13):
             time.sleep(0.15)
             if v in (6, 10):
-                path = version_reload(updatable, v, tmp_path)
+                path = version_reload(updatable, v, reloads)
                 r = c.post("/models/small/weights", json={"safetensors": str(path)})
             else:
                 r = c.post("/models/small/weights", content=version_delta(v), headers=OCTET)
@@ -140,8 +147,12 @@ def test_readers_under_load_see_exactly_one_version_per_answer(
     assert updatable.metric("seqserve_model_version") == 12
 
 
-def test_bad_updates_are_400_naming_the_problem_and_change_nothing(updatable: Server) -> None:
+def test_bad_updates_are_400_naming_the_problem_and_change_nothing(
+    updatable: Server, reloads: Path
+) -> None:
     c = updatable.client
+    (reloads / "escape").symlink_to("/etc/passwd")
+    (reloads / "not-a-checkpoint").mkdir()
     before = c.get("/models/small").json()["version"]
     ids = [0, 7, 4999]
     rows_before = c.post("/predictions/small", json={"features": {"item_id": ids}}).json()
@@ -174,12 +185,34 @@ def test_bad_updates_are_400_naming_the_problem_and_change_nothing(updatable: Se
         ),
         (good[: len(good) // 2], OCTET, "not a readable safetensors file"),
         (
-            b'{"safetensors": "/no/such/file.safetensors"}',
+            b'{"safetensors": "%s/no-such-file.safetensors"}' % str(reloads).encode(),
             {"Content-Type": "application/json"},
             "does not exist; version",
         ),  # fmt: skip
-        (b'{"dcp": "/tmp"}', {"Content-Type": "application/json"}, "is not a torch.distributed"),
-        (b'{"safetensors": "/tmp"}', {"Content-Type": "application/json"}, "/tmp is not a file"),
+        (
+            b'{"dcp": "%s/not-a-checkpoint"}' % str(reloads).encode(),
+            {"Content-Type": "application/json"},
+            "is not a torch.distributed",
+        ),
+        (
+            b'{"safetensors": "%s"}' % str(reloads).encode(),
+            {"Content-Type": "application/json"},
+            f"{reloads} is not a file",
+        ),
+        # anywhere else the server's user can read: refused for where it is, before reading
+        (b'{"safetensors": "/etc/passwd"}', JSON, "resolves to /etc/passwd, outside the folders"),
+        (b'{"dcp": "/proc/self"}', JSON, "outside the folders reloads may read"),
+        (b'{"dcp": "/tmp"}', JSON, "outside the folders reloads may read"),
+        (
+            b'{"safetensors": "%s%s/etc/passwd"}' % (str(reloads).encode(), b"/.." * 20),
+            JSON,
+            "resolves to /etc/passwd, outside",
+        ),
+        (
+            b'{"safetensors": "%s/escape"}' % str(reloads).encode(),
+            JSON,
+            "resolves to /etc/passwd, outside",
+        ),
         (
             save({"items.ids": np.array([2]), "items.rows": np.full((1, DIM), np.inf, np.float32)}),
             OCTET,
@@ -244,7 +277,9 @@ def test_the_token_guards_updates_and_an_exposed_server_needs_one(model_path: Pa
     )
 
 
-def test_seqserve_update_pushes_a_delta_and_a_reload(updatable: Server, tmp_path: Path) -> None:
+def test_seqserve_update_pushes_a_delta_and_a_reload(
+    updatable: Server, tmp_path: Path, reloads: Path
+) -> None:
     version = updatable.client.get("/models/small").json()["version"]
     (tmp_path / "d.safetensors").write_bytes(version_delta(version + 1))
 
@@ -260,10 +295,10 @@ def test_seqserve_update_pushes_a_delta_and_a_reload(updatable: Server, tmp_path
 
     out = update("--delta", str(tmp_path / "d.safetensors"))
     assert out.returncode == 0 and out.stdout.strip() == f"version {version + 1} (25 rows)"
-    weights = str(ROOT / "no-such.safetensors")
+    weights = str(reloads / "no-such.safetensors")
     out = update("--weights", weights)
     assert out.returncode == 2 and "400 from" in out.stderr and "does not exist" in out.stderr
-    path = version_reload(updatable, version + 2, tmp_path)
+    path = version_reload(updatable, version + 2, reloads)
     out = update("--weights", str(path))
     assert out.returncode == 0 and out.stdout.strip() == f"version {version + 2} (5080 rows)"
     # The OpenAPI document names the version now served on the v2 routes.

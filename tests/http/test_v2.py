@@ -188,8 +188,40 @@ def test_health_needs_no_model_and_unknown_paths_are_404(server: Server) -> None
     c = server.client
     assert c.get("/v2/health/live").json() == {"live": True}
     assert c.get("/v2/health/ready").json() == {"ready": True}
-    for path in ("/v2/nothing", "/v2/models/small/config", "/v2/models"):
+    for path in ("/v2/nothing", "/v2/models/small/configs", "/v2/models"):
         r = c.get(path)
         assert r.status_code == 404 and set(r.json()) == {"error"}, path
     r = c.get("/v2/models/small/infer")
     assert r.status_code == 405 and r.headers["allow"] == "POST"
+
+
+def test_shared_memory_is_off_without_the_flag(server: Server, clients: Clients) -> None:
+    assert "system_shared_memory" not in server.client.get("/v2").json()["extensions"]
+    r = server.client.post(
+        "/v2/systemsharedmemory/region/r/register", json={"key": "/k", "byte_size": 8}
+    )
+    assert r.status_code == 403 and "--allow-shared-memory" in r.json()["error"]
+    with pytest.raises(InferenceServerException, match="PERMISSION_DENIED"):
+        clients["grpc"].get_system_shared_memory_status()
+    body = {
+        "inputs": [
+            {
+                "name": "item_id",
+                "datatype": "INT64",
+                "shape": [1],
+                "parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 8},
+            }
+        ]
+    }
+    r = server.client.post("/v2/models/small/infer", json=body)
+    assert r.status_code == 403 and "--allow-shared-memory" in r.json()["error"]
+
+
+def test_an_integer_past_64_bits_is_named_as_such_not_as_a_float(server: Server) -> None:
+    body = b'{"inputs": [{"name": "item_id", "datatype": "INT64", "shape": [1], '
+    body += b'"data": [99999999999999999999999]}]}'
+    r = server.client.post(
+        "/v2/models/small/infer", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert r.status_code == 400
+    assert r.json()["error"] == "inputs[0] 'item_id'[0]: 99999999999999999999999 is not an INT64"

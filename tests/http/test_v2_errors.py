@@ -5,8 +5,6 @@ built with tritonclient's own protocol messages, so they can be as malformed as 
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,7 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from tests.http.server import ROOT, Server, free_port
+from tests.http.server import Server
 
 pytestmark = pytest.mark.slow
 
@@ -215,21 +213,6 @@ def test_the_token_on_both_transports_but_not_on_health(guarded: Server) -> None
         assert reply.outputs[0].name == "item_id" and len(reply.raw_output_contents[0]) == 64
         assert stub.ServerReady(service_pb2.ServerReadyRequest()).ready
         assert stub.ModelReady(service_pb2.ModelReadyRequest(name="small")).ready
-
-
-def test_a_grpc_port_in_use_stops_the_server_with_one_line(model_path: Path) -> None:
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        run = subprocess.run(
-            [sys.executable, "-m", "serving.commands.cli", "serve", "--model", str(model_path),
-             "--port", str(free_port()), "--grpc-port", str(port)],
-            cwd=ROOT, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-    assert run.returncode == 1, run.stdout + run.stderr
-    assert f"seqserve: error: cannot listen for gRPC on 127.0.0.1:{port}" in run.stderr
-    assert "Traceback" not in run.stderr + run.stdout
 
 
 def test_grpc_starts_and_stops_with_the_server(model_path: Path) -> None:

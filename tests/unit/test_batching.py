@@ -80,10 +80,16 @@ def test_batch_closes_at_max_ids_and_oversized_item_goes_alone() -> None:
     async def main() -> None:
         engine = Engine()
         seen: list[tuple[int, int]] = []
+        waited: list[tuple[int, float]] = []
         settings = batch_settings(
             max_batch_size=100, max_batch_ids=10, max_delay_ms=NEVER, max_gap_ms=NEVER
         )
-        batcher = Batcher(engine, settings, on_batch=lambda n, cost: seen.append((n, cost)))
+
+        def on_batch(n: int, cost: int, requests: int, queued_s: float) -> None:
+            seen.append((n, cost))
+            waited.append((requests, queued_s))
+
+        batcher = Batcher(engine, settings, on_batch=on_batch)
         costs = [4, 4, 4, 20, 3, 7]  # the last pair fills the budget exactly
         tasks = [spawn(batcher, i, cost) for i, cost in enumerate(costs)]
         await until(lambda: batcher.queue_depth == len(costs))
@@ -91,6 +97,8 @@ def test_batch_closes_at_max_ids_and_oversized_item_goes_alone() -> None:
         await asyncio.gather(*tasks)
         assert engine.batches == [[0, 1], [2], [3], [4, 5]]
         assert seen == [(2, 8), (1, 4), (1, 20), (2, 10)]
+        # every request waited from its enqueue to its batch's start: queued before start()
+        assert [r for r, _ in waited] == [2, 1, 1, 2] and all(q > 0 for _, q in waited)
         await batcher.stop()
 
     run(main())

@@ -96,3 +96,18 @@ def test_the_torchserve_template_takes_the_declared_limits(tmp_path: Path) -> No
     for name in names:
         assert f"{name}: {{{name}}}" in text
     assert limits({"max_instances": "9"}) == defaults(max_instances=9).limits
+
+
+def test_reloads_read_the_models_folder_and_the_updates_dir_unless_told(tmp_path: Path) -> None:
+    import argparse
+    import os
+
+    parser = argparse.ArgumentParser()
+    add_flags(parser)
+    (tmp_path / "model.yaml").write_text("")
+    for model in (tmp_path / "model.yaml", tmp_path):
+        args = parser.parse_args(["--model", str(model), "--updates-dir", "/srv/updates"])
+        assert from_args(args).reload_roots == os.pathsep.join([str(tmp_path), "/srv/updates"])
+    args = parser.parse_args(["--reload-roots", "/srv/weights"])
+    assert from_args(args).reload_roots == "/srv/weights"
+    assert from_args(parser.parse_args([])).reload_roots == ""  # the demo: no reloads

@@ -109,9 +109,9 @@ def test_every_bad_delta_is_refused_naming_the_problem(body: bytes, message: str
 
 
 def test_a_reload_names_one_path() -> None:
-    w = parse_reload(b'{"safetensors": "/srv/w.safetensors"}')
+    w = parse_reload(b'{"safetensors": "/srv/w.safetensors"}', [Path("/srv")])
     assert str(w.safetensors) == "/srv/w.safetensors" and w.dcp is None
-    assert parse_reload(b'{"dcp": "ckpt"}').dcp is not None
+    assert parse_reload(b'{"dcp": "ckpt"}', [Path.cwd()]).dcp is not None
     for body, message in [
         (b"{", "reload: the body is not valid JSON"),
         (b'{"safetensors": "a", "dcp": "b"}', 'give exactly one of {"safetensors": PATH}'),
@@ -120,7 +120,29 @@ def test_a_reload_names_one_path() -> None:
         (b'{"dcp": "a\\u0000b"}', "reload: 'dcp' path 'a\\x00b' cannot be resolved"),
     ]:
         with pytest.raises(BadUpdate, match=re.escape(message)):
-            parse_reload(body)
+            parse_reload(body, [Path("/srv")])
+
+
+def test_a_reload_reads_only_under_its_roots(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "ckpt").mkdir(parents=True)
+    (root / "ok.safetensors").write_bytes(b"")
+    (root / "out").symlink_to("/etc/passwd")
+    assert parse_reload(b'{"safetensors": "%s/ok.safetensors"}' % bytes(root), [root])
+    for body in (
+        b'{"safetensors": "/etc/passwd"}',
+        b'{"dcp": "/proc/self"}',
+        b'{"safetensors": "%s/../root2/x"}' % bytes(root),
+        b'{"safetensors": "%s/out"}' % bytes(root),
+    ):
+        with pytest.raises(BadUpdate, match="outside the folders reloads may read"):
+            parse_reload(body, [root])
+    with pytest.raises(BadUpdate, match=r"outside the folders reloads may read \(none\)"):
+        parse_reload(b'{"safetensors": "%s/ok.safetensors"}' % bytes(root), [])
+    # a DCP folder's entries too: its metadata is unpickled
+    (root / "ckpt" / ".metadata").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(BadUpdate, match="ckpt/.metadata' resolves to"):
+        parse_reload(b'{"dcp": "%s/ckpt"}' % bytes(root), [root])
 
 
 @pytest.mark.parametrize("dtype", ["fp16", "int8"])
@@ -141,4 +163,4 @@ def test_a_reload_path_in_a_symlink_loop_is_a_bad_update(tmp_path: Path) -> None
     (tmp_path / "b").symlink_to(tmp_path / "a")
     body = json.dumps({"safetensors": str(tmp_path / "a")}).encode()
     with pytest.raises(BadUpdate, match="cannot be resolved"):
-        parse_reload(body)
+        parse_reload(body, [tmp_path])

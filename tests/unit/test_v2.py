@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from serving.errors import InvalidInput, PayloadTooLarge, SeqServeError
 from serving.fronts import v2_rest
+from serving.fronts.shm import SharedMemory
 from serving.fronts.v2 import Tensor, inference, rows, selected
 from serving.settings import defaults
 
@@ -102,7 +103,17 @@ VALUES = (
     | st.text(max_size=3)
 )
 PARAMS = st.dictionaries(
-    st.sampled_from(["binary_data_size", "binary_data", "binary_data_output", "other"]), VALUES
+    st.sampled_from(
+        [
+            "binary_data_size",
+            "binary_data",
+            "binary_data_output",
+            "shared_memory_region",
+            "shared_memory_byte_size",
+            "other",
+        ]
+    ),
+    VALUES,
 )
 INPUT = st.fixed_dictionaries(
     {"name": st.sampled_from(["a", "b", "a.lengths"]) | VALUES},
@@ -143,6 +154,7 @@ def test_the_typed_header_decoder_answers_as_the_checks_would(doc: Any, rest: by
     headers = {b"content-type": b"application/octet-stream"}
     if rest:
         headers[v2_rest.HEADER_LENGTH] = str(len(head)).encode()
-    fast = rest_outcome(lambda: v2_rest._decode(head + rest, headers))
-    slow = rest_outcome(lambda: v2_rest._checked_request(head, rest))
+    shm = SharedMemory(False)
+    fast = rest_outcome(lambda: v2_rest._decode(head + rest, headers, shm))
+    slow = rest_outcome(lambda: v2_rest._checked_request(head, rest, shm))
     assert fast == slow
