@@ -84,12 +84,9 @@ class Service:
         self.reload_roots = [
             Path(r).resolve() for r in settings.reload_roots.split(os.pathsep) if r
         ]
-        # One thread runs every batch, so an engine can set that thread up once (the local
-        # engine keeps torch to one thread there: OpenMP workers spinning after each small
-        # batch took ~80 us of CPU per request from the event loop on 2 cores).
-        self._engine_thread = ThreadPoolExecutor(
-            1, "seqserve-engine", initializer=getattr(engine, "prepare_thread", None)
-        )
+        # One thread runs every batch: the engine's per-thread state (torch's thread count)
+        # is set once, and batches never overlap.
+        self._engine_thread = ThreadPoolExecutor(1, "seqserve-engine")
 
     # -- lifecycle ------------------------------------------------------------------------
 
