@@ -32,11 +32,11 @@ class Decoded:
     instances: bool  # the body used {"instances": [...]}: answer {"predictions": [...]}
 
 
-class _Sequence(msgspec.Struct, forbid_unknown_fields=True):
+class _Sequence(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     features: dict[str, list[int]]
 
 
-class _Body(msgspec.Struct, forbid_unknown_fields=True):
+class _Body(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     # UNSET, not None: a body naming a key as null is refused here, as the checks below do.
     features: dict[str, list[int]] | msgspec.UnsetType = msgspec.UNSET
     instances: list[_Sequence] | msgspec.UnsetType = msgspec.UNSET

@@ -63,42 +63,50 @@ def inference(inputs: Sequence[Tensor], rows: Mapping[str, int], limits: Limits)
     if not inputs:
         raise InvalidInput("inputs: at least one input (a feature's ids) is required", "inputs")
     by_name: dict[str, Tensor] = {}
+    features: list[str] = []  # in input order
+    lengths: dict[str, Tensor] = {}  # feature -> its '<feature>.lengths' input
+    total = 0
     for t in inputs:
-        base = t.name[: -len(LENGTHS)] if t.name.endswith(LENGTHS) else t.name
+        name = t.name
+        cuts = name.endswith(LENGTHS)
+        base = name[: -len(LENGTHS)] if cuts else name
         if base not in rows:
             known = ", ".join(rows)
             raise InvalidInput(
-                f"{t.where}: unknown input '{_clip(t.name)}'; inputs are the features ({known}), "
+                f"{t.where}: unknown input '{_clip(name)}'; inputs are the features ({known}), "
                 f"each optionally with '<feature>{LENGTHS}'",
                 t.where,
             )
-        if t.name in by_name:
-            raise InvalidInput(f"{t.where}: input '{t.name}' is given twice", t.where)
+        if name in by_name:
+            raise InvalidInput(f"{t.where}: input '{name}' is given twice", t.where)
         if t.datatype not in DATATYPES:
             raise InvalidInput(
-                f"{t.where} '{t.name}': datatype '{_clip(t.datatype)}' is not supported; "
+                f"{t.where} '{name}': datatype '{_clip(t.datatype)}' is not supported; "
                 "use INT64 or INT32",
                 t.where,
             )
-        if len(t.shape) != 1 or t.shape[0] < 0:
+        shape = t.shape
+        if len(shape) != 1 or shape[0] < 0:
             raise InvalidInput(
-                f"{t.where} '{t.name}': shape {list(t.shape)} is not supported; expected [n]",
+                f"{t.where} '{name}': shape {list(shape)} is not supported; expected [n]",
                 t.where,
             )
-        if t.name.endswith(LENGTHS) and t.shape[0] > limits.max_instances:
-            raise PayloadTooLarge(
-                f"{t.where} '{t.name}': {t.shape[0]} sequences; the limit is "
-                f"{limits.max_instances} per request"
-            )
-        by_name[t.name] = t
-    features = [name for name in by_name if not name.endswith(LENGTHS)]
-    total = sum(by_name[f].shape[0] for f in features)
+        if cuts:
+            if shape[0] > limits.max_instances:
+                raise PayloadTooLarge(
+                    f"{t.where} '{name}': {shape[0]} sequences; the limit is "
+                    f"{limits.max_instances} per request"
+                )
+            lengths[base] = t
+        else:
+            features.append(name)
+            total += shape[0]
+        by_name[name] = t
     if total > limits.max_ids_per_request:
         raise PayloadTooLarge(
             f"inputs hold {total} ids; the limit is {limits.max_ids_per_request} per request"
         )
     checked = {f: _ids(by_name[f], rows[f]) for f in features}
-    lengths = {n[: -len(LENGTHS)]: t for n, t in by_name.items() if n.endswith(LENGTHS)}
     if not lengths:
         return Inference([checked], features)
     return Inference(_cut(checked, lengths, features, limits), features)

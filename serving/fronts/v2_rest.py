@@ -238,7 +238,7 @@ class _Decoded(NamedTuple):
     binary_default: bool  # parameters.binary_data_output
 
 
-class _SharedMemoryParams(msgspec.Struct):
+class _SharedMemoryParams(msgspec.Struct, gc=False):
     # Any of these sends the header to the checks below, which read shared memory.
     shared_memory_region: Any = msgspec.UNSET
     shared_memory_byte_size: Any = msgspec.UNSET
@@ -257,7 +257,7 @@ class _InputParams(_SharedMemoryParams):
     binary_data_size: int | msgspec.UnsetType = msgspec.UNSET
 
 
-class _Input(msgspec.Struct):
+class _Input(msgspec.Struct, gc=False):
     name: str
     datatype: str
     shape: list[int]
@@ -269,16 +269,16 @@ class _OutputParams(_SharedMemoryParams):
     binary_data: bool | msgspec.UnsetType = msgspec.UNSET
 
 
-class _Output(msgspec.Struct):
+class _Output(msgspec.Struct, gc=False):
     name: str
     parameters: _OutputParams = msgspec.field(default_factory=_OutputParams)
 
 
-class _Params(msgspec.Struct):
+class _Params(msgspec.Struct, gc=False):
     binary_data_output: bool | msgspec.UnsetType = msgspec.UNSET
 
 
-class _Request(msgspec.Struct):
+class _Request(msgspec.Struct, gc=False):
     inputs: list[_Input]
     outputs: list[_Output] | msgspec.UnsetType = msgspec.UNSET
     id: Any = None
