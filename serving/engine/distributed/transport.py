@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import mmap
 import os
+import socket
+import struct
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
+from multiprocessing.connection import (
+    Connection,
+    answer_challenge,
+    deliver_challenge,
+)
 from multiprocessing.reduction import recv_handle, send_handle
 
 import numpy as np
@@ -60,6 +66,7 @@ class Done:
 @dataclass(frozen=True)
 class Failed:
     traceback: str
+    summary: str = ""  # one line, where the cause is known (a peer it cannot reach): shown alone
 
 
 class OutputBuffer:
@@ -107,3 +114,29 @@ def receive_buffer(conn: Connection, msg: NewBuffer) -> mmap.mmap:
         return mmap.mmap(fd, msg.size)
     finally:
         os.close(fd)
+
+
+def read_timeout(conn: Connection, seconds: float) -> None:
+    """Reads on `conn` fail after `seconds` (0: wait for ever); Connection reads the bare fd,
+    so a socket-level timeout (which makes the fd non-blocking) would not do."""
+    whole = int(seconds)
+    with socket.socket(fileno=os.dup(conn.fileno())) as s:
+        timeval = struct.pack("ll", whole, int((seconds - whole) * 1e6))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+
+
+def connect(address: tuple[str, int], key: bytes, timeout: float) -> Connection:
+    """`multiprocessing.connection.Client(address, authkey=key)`, but connecting and the
+    challenge each fail after `timeout` seconds (a dropped SYN alone would wait minutes)."""
+    with socket.create_connection(address, timeout=timeout) as sock:
+        sock.settimeout(None)
+        conn = Connection(sock.detach())
+    try:
+        read_timeout(conn, timeout)  # a peer that accepts and says nothing is no front
+        answer_challenge(conn, key)
+        deliver_challenge(conn, key)
+        read_timeout(conn, 0)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
