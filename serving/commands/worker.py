@@ -80,9 +80,8 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, leave)
     signal.signal(signal.SIGINT, leave)
-    # torch: not for --help
     from serving.engine.distributed.netif import InterfaceError, choose
-    from serving.engine.distributed.nodes import Join, keep_alive, socket_of
+    from serving.engine.distributed.transport import keep_alive, socket_of
 
     address = (args.master_addr, args.master_port)
     key = args.cluster_key.encode()
@@ -94,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
                 cluster = choose(args.cluster_interface, s.getsockname()[0])
         except InterfaceError as e:
             raise SeqServeError(f"--cluster-interface: {e}") from None
+        from serving.engine.distributed.nodes import Join  # torch: only once there is a front
+
         conn.send(Join(args.node_rank, os.getpid(), args.nnodes, cluster.address))
         print(
             f"seqserve worker: node {args.node_rank} joined {address[0]}:{address[1]}; "
@@ -107,8 +108,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _reach(address: tuple[str, int], key: bytes, remind: float) -> Connection:
     """A connection to the front, authenticated; one line every `remind` seconds until then."""
-    from serving.engine.distributed.reach import why
-    from serving.engine.distributed.transport import connect
+    from serving.engine.distributed.transport import connect, why
 
     host, port = address
     start = time.monotonic()

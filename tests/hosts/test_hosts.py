@@ -10,6 +10,7 @@ bind to otherwise."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -88,10 +89,13 @@ class Proc:
         raise AssertionError(f"no line matching {pattern!r} in {timeout}s:\n{self.output()}")
 
 
-def start(hosts: Hosts, host: str, argv: list[str], log: Path) -> Proc:
+def start(
+    hosts: Hosts, host: str, argv: list[str], log: Path, env: dict[str, str] | None = None
+) -> Proc:
     out = log.open("wb")
     argv = [sys.executable, "-m", "serving.commands.cli", *argv]
-    proc = hosts.spawn(host, argv, stdout=out, stderr=subprocess.STDOUT)
+    environ = {**os.environ, **(env or {})}
+    proc = hosts.spawn(host, argv, stdout=out, stderr=subprocess.STDOUT, env=environ)
     out.close()
     return Proc(proc, log)
 
@@ -107,13 +111,15 @@ def front(hosts: Hosts, model: Path, tmp: Path, bind: str, name: str = "front") 
     )
 
 
-def worker(hosts: Hosts, host: str, tmp: Path, *flags: str, name: str = "worker") -> Proc:
+def worker(
+    hosts: Hosts, host: str, tmp: Path, *flags: str, name: str = "worker", **env: str
+) -> Proc:
     argv = ["worker", "--master-addr", hosts.address("a"), "--master-port", str(MASTER)]
     defaults = {"--node-rank": "1", "--nnodes": "2", "--cluster-key": KEY, "--join-timeout-s": "2"}
     for flag, value in defaults.items():
         if flag not in flags:
             argv += [flag, value]
-    return start(hosts, host, [*argv, *flags], tmp / f"{name}.log")
+    return start(hosts, host, [*argv, *flags], tmp / f"{name}.log", env)
 
 
 def client(hosts: Hosts) -> httpx.Client:
@@ -197,10 +203,23 @@ def test_tables_across_hosts_exact_through_blocks_lost_hosts_and_a_new_front(
         until_status(http, 200, 120, served)
         assert_exact(http, weights)
 
-        # Host b is lost (every process on it killed): 503; its worker back: exact again.
+        # Host b is lost (every process on it killed): 503.
         hosts.kill_host("b")
         until_status(http, 503, 15, served)
-        node1 = worker(hosts, "b", tmp_path, name="worker-again")
+        # A worker whose ranks would be reached on loopback (what every host's gloo did before
+        # the interface was found) cannot bring it back; the front says why in one line.
+        worker(hosts, "b", tmp_path, "--cluster-interface", "lo", name="worker-lo")
+        line = served.wait_for(r"restarting the rank group failed.* loopback", 120)
+        assert "ranks [1] would be reached at 127.0.0.1, a loopback address, which the " in line
+        assert "set --cluster-interface (or GLOO_SOCKET_IFNAME) on that host" in line, line
+        assert http.get("/ping").status_code == 503
+        hosts.kill_host("b")
+        # Its worker back, its interface named by GLOO_SOCKET_IFNAME as a user may have it
+        # (kept as it is): exact again.
+        named = {"GLOO_SOCKET_IFNAME": hosts.device("b")}
+        node1 = worker(hosts, "b", tmp_path, name="worker-again", **named)
+        line = node1.wait_for(r"joined .* its ranks use", 60)
+        assert f"its ranks use {hosts.device('b')} ({b}; GLOO_SOCKET_IFNAME)" in line, line
         until_status(http, 200, 120, served)
         assert_exact(http, weights)
 

@@ -98,14 +98,6 @@ def is_loopback(address: str) -> bool:
         return False
 
 
-def source_address(host: str, port: int) -> str:
-    """This host's address on the route to `host` (a UDP connect sends nothing)."""
-    family, _, _, _, target = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
-    with socket.socket(family, socket.SOCK_DGRAM) as s:
-        s.connect(target)
-        return plain(s.getsockname()[0])
-
-
 def choose(setting: str, found: str, environ: Mapping[str, str] | None = None) -> Cluster:
     """The interface this host's ranks use (see the module's note for the order)."""
     environ = os.environ if environ is None else environ

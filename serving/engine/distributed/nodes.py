@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import socket
 import threading
 import time
@@ -27,14 +26,12 @@ from multiprocessing.connection import Connection, Listener, answer_challenge, d
 
 from serving.engine.distributed.netif import WILDCARDS, Cluster, InterfaceError, choose, plain
 from serving.engine.distributed.rank import RankArgs
-from serving.engine.distributed.transport import Hello, read_timeout
+from serving.engine.distributed.transport import Hello, keep_alive, read_timeout, socket_of
 from serving.errors import EngineStartError
 
 log = logging.getLogger("seqserve")
 
 HELLO_TIMEOUT_S = 10.0  # a new connection must pass the challenge and say who it is within this
-# A host that vanishes without closing its connections is noticed after about 10 + 3 x 5 s.
-KEEPALIVE = ((socket.TCP_KEEPIDLE, 10), (socket.TCP_KEEPINTVL, 5), (socket.TCP_KEEPCNT, 3))
 
 
 @dataclass(frozen=True)
@@ -68,24 +65,11 @@ class Exited:  # worker -> front: one of its ranks ended
     code: int | None
 
 
-def socket_of(conn: Connection) -> socket.socket:
-    """A second handle on `conn`'s socket (options and shutdown act on the socket itself)."""
-    return socket.socket(fileno=os.dup(conn.fileno()))
-
-
 def hang_up(conn: Connection) -> None:
     """Close `conn` and wake any thread blocked on it, which a bare close() does not."""
     with contextlib.suppress(OSError), socket_of(conn) as s:
         s.shutdown(socket.SHUT_RDWR)
     conn.close()
-
-
-def keep_alive(conn: Connection) -> None:
-    """TCP keep-alive: a peer whose host is gone reads as a closed connection."""
-    with socket_of(conn) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        for option, value in KEEPALIVE:
-            s.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 class Worker:

@@ -32,6 +32,7 @@ from serving.engine.distributed.transport import (
     Update,
     connect,
     receive_buffer,
+    why,
 )
 from serving.engine.quiet import quiet_torch_logs
 from serving.engine.stored import Rows
@@ -68,7 +69,7 @@ def main(args: RankArgs, conn: Connection | None) -> None:
             conn = connect(args.connect, args.key, args.join_timeout or reach.ARRIVAL_S)
         except OSError as e:
             host, port = args.connect
-            _say(args, f"cannot reach the front at {host}:{port} ({reach.why(e)})")
+            _say(args, f"cannot reach the front at {host}:{port} ({why(e)})")
             sys.exit(1)
         conn.send(Hello(args.store_prefix, args.rank, os.getpid()))
     try:

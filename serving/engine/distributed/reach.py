@@ -22,6 +22,7 @@ import torch.distributed as dist
 from torch.distributed.constants import default_pg_timeout
 
 from serving.engine.distributed.netif import is_loopback
+from serving.engine.distributed.transport import why
 
 OPEN_TCP = (
     "allow TCP between the cluster's hosts on every port (ranks listen on ports the OS picks, "
@@ -39,18 +40,6 @@ ARRIVAL_S = 24 * 3600.0
 
 class Unreachable(Exception):
     """The group cannot form; the message is one line."""
-
-
-def why(e: BaseException) -> str:
-    """A few words for a connection failure."""
-    text = str(e).lower()
-    for words in ("refused", "timed out", "no route to host", "unreachable", "reset"):
-        if words in text:
-            return {"refused": "connection refused", "reset": "connection reset"}.get(words, words)
-    if isinstance(e, socket.timeout | TimeoutError):
-        return "timed out"
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return first[:200]
 
 
 def connect_store(host: str, port: int, timeout: float, who: str) -> dist.TCPStore:

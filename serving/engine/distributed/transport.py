@@ -21,6 +21,9 @@ from multiprocessing.reduction import recv_handle, send_handle
 
 import numpy as np
 
+# A host that vanishes without closing its connections is noticed after about 10 + 3 x 5 s.
+KEEPALIVE = ((socket.TCP_KEEPIDLE, 10), (socket.TCP_KEEPINTVL, 5), (socket.TCP_KEEPCNT, 3))
+
 
 @dataclass(frozen=True)
 class Forward:
@@ -140,3 +143,28 @@ def connect(address: tuple[str, int], key: bytes, timeout: float) -> Connection:
         conn.close()
         raise
     return conn
+
+
+def socket_of(conn: Connection) -> socket.socket:
+    """A second handle on `conn`'s socket (options and shutdown act on the socket itself)."""
+    return socket.socket(fileno=os.dup(conn.fileno()))
+
+
+def keep_alive(conn: Connection) -> None:
+    """TCP keep-alive: a peer whose host is gone reads as a closed connection."""
+    with socket_of(conn) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in KEEPALIVE:
+            s.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+def why(e: BaseException) -> str:
+    """A few words for a connection failure."""
+    text = str(e).lower()
+    for words in ("refused", "timed out", "no route to host", "unreachable", "reset"):
+        if words in text:
+            return {"refused": "connection refused", "reset": "connection reset"}.get(words, words)
+    if isinstance(e, socket.timeout | TimeoutError):
+        return "timed out"
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return first[:200]
