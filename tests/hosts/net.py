@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +120,28 @@ class Hosts:
             _ip("-n", ns, "addr", "add", f"{self.address(n)}/24", "dev", dev)
         _ip("link", "set", self.client_device, "mtu", "65000", "up")
         _ip("addr", "add", f"{self.client_address}/24", "dev", self.client_device)
+
+    def set_delay(self, ms: float) -> None:
+        """Each packet between hosts waits `ms` from now on (one way)."""
+        assert self.relay is not None and self.relay.stdin and self.relay.stdout
+        self.relay.stdin.write(f"delay {ms}\n")
+        self.relay.stdin.flush()
+        assert self.relay.stdout.readline().strip() == "ok"
+        self.delay_ms = ms
+
+    @contextlib.contextmanager
+    def on(self, name: str) -> Iterator[None]:
+        """The calling thread (and the threads and processes it starts meanwhile) on host
+        `name`, so that this process may hold sockets there; back where it was after."""
+        from tests.hosts.relay import setns
+
+        home = "/proc/thread-self/ns/net"
+        with open(home, "rb") as here:
+            setns(str(NETNS_DIR / self.netns(name)))
+            try:
+                yield
+            finally:
+                setns(f"/proc/self/fd/{here.fileno()}")
 
     def exec(self, name: str) -> list[str]:
         """The command prefix that runs a command on host `name`."""

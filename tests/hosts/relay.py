@@ -6,7 +6,8 @@ not set). The devices belong to this process: they vanish when it exits, however
 
     python -m tests.hosts.relay --delay-ms 0.25 /run/netns/A=sqA0=10.231.7.1 ...
 
-prints "ready" once every device exists (the caller gives them addresses and brings them up).
+prints "ready" once every device exists (the caller gives them addresses and brings them up),
+then reads commands on stdin: "delay MS" sets the delay from then on (answered "ok").
 """
 
 from __future__ import annotations
@@ -107,7 +108,12 @@ def main() -> None:
     for fd in fds:
         threading.Thread(target=carry, args=(fd, ports), daemon=True).start()
     print("ready", flush=True)
-    sys.stdin.read()  # until the caller closes our stdin (or kills us)
+    for line in sys.stdin:  # until the caller closes our stdin (or kills us)
+        command, value = line.split()
+        assert command == "delay", line
+        for port in ports.values():
+            port.delay = float(value) / 1e3
+        print("ok", flush=True)
 
 
 if __name__ == "__main__":

@@ -181,6 +181,9 @@ class Nodes:
             hang_up(conn)
             return
         with self._changed:
+            if self._closed:  # greeted while the listener closed: nobody will drive it
+                hang_up(conn)
+                return
             if isinstance(msg, Join):
                 refused = self._refusal(msg)
                 if refused:
