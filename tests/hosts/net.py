@@ -28,29 +28,38 @@ ROOT = Path(__file__).resolve().parents[2]
 NETNS_DIR = Path("/run/netns")
 
 
+def tool(name: str) -> str | None:
+    """Where a system command is, also where PATH leaves out the sbin folders."""
+    return shutil.which(name, path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+
+
+IP = tool("ip") or "ip"
+NFT = tool("nft") or "nft"
+
+
 def unavailable() -> str:
     """Why namespaces cannot be made here (empty: they can)."""
     if os.geteuid() != 0:
         return "network namespaces need root"
-    if shutil.which("ip") is None:
+    if tool("ip") is None:
         return "iproute2 (`ip`) is not installed"
     if not Path("/dev/net/tun").exists():
         return "no /dev/net/tun"
     probe = f"sqprobe{os.getpid()}"
-    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    made = subprocess.run([IP, "netns", "add", probe], capture_output=True, text=True)
     if made.returncode:
         return f"`ip netns add` failed: {made.stderr.strip()}"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    subprocess.run([IP, "netns", "del", probe], capture_output=True)
     return ""
 
 
 def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+    subprocess.run([IP, *args], check=True, capture_output=True, text=True)
 
 
 def _free_subnet() -> int:
     """A third octet of 10.231.S.0/24 that no interface in this namespace uses now."""
-    used = subprocess.run(["ip", "-o", "addr"], capture_output=True, text=True).stdout
+    used = subprocess.run([IP, "-o", "addr"], capture_output=True, text=True).stdout
     for _ in range(100):
         s = 1 + secrets.randbelow(250)
         if f"10.231.{s}." not in used:
@@ -145,7 +154,7 @@ class Hosts:
 
     def exec(self, name: str) -> list[str]:
         """The command prefix that runs a command on host `name`."""
-        return ["ip", "netns", "exec", self.netns(name)]
+        return [IP, "netns", "exec", self.netns(name)]
 
     def spawn(self, name: str, argv: Sequence[str], **popen: Any) -> subprocess.Popen[Any]:
         """Start `argv` on host `name` (killed by close())."""
@@ -182,11 +191,11 @@ class Hosts:
         ]
         chain = "".join(f"    {r}\n" for r in rules)
         table = f"table inet seqserve_test {{\n  chain input {{\n{chain}  }}\n}}\n"
-        subprocess.run([*self.exec(name), "nft", "-f", "-"], input=table, check=True, text=True)
+        subprocess.run([*self.exec(name), NFT, "-f", "-"], input=table, check=True, text=True)
 
     def open_firewall(self, name: str) -> None:
         subprocess.run(
-            [*self.exec(name), "nft", "delete", "table", "inet", "seqserve_test"], check=True
+            [*self.exec(name), NFT, "delete", "table", "inet", "seqserve_test"], check=True
         )
 
     def kill_host(self, name: str) -> None:
@@ -201,7 +210,7 @@ class Hosts:
 
     def _pids(self, name: str) -> list[int]:
         out = subprocess.run(
-            ["ip", "netns", "pids", self.netns(name)], capture_output=True, text=True
+            [IP, "netns", "pids", self.netns(name)], capture_output=True, text=True
         ).stdout
         return [int(p) for p in out.split()]
 
@@ -226,7 +235,7 @@ class Hosts:
             self.relay.kill()
             self.relay.wait(timeout=10)
         for ns in self.made:
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            subprocess.run([IP, "netns", "del", ns], capture_output=True)
         self.made = []
 
     def __enter__(self) -> Hosts:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -25,7 +24,7 @@ import numpy as np
 import pytest
 
 from serving.commands.demo import write_model
-from tests.hosts.net import Hosts, unavailable
+from tests.hosts.net import Hosts, tool, unavailable
 from tests.http.server import MODEL, rows_of, same_bits
 
 pytestmark = pytest.mark.slow
@@ -166,7 +165,7 @@ def error_line(out: str, prefix: str) -> str:
 def test_tables_across_hosts_exact_through_blocks_lost_hosts_and_a_new_front(
     hosts: Hosts, model: Path, tmp_path: Path
 ) -> None:
-    if shutil.which("nft") is None:
+    if tool("nft") is None:
         pytest.skip(NO_NFT)
     weights = weights_of(model)
     a, b = hosts.address("a"), hosts.address("b")
@@ -242,7 +241,7 @@ def test_a_firewall_that_drops_the_ranks_ports_fails_the_start_in_one_line(
     """Host a lets in only HTTP, the master port and the store's (what a user who opened the
     documented ports but not the ranks' would have): the front stops with one line naming the
     rank, the address and port it could not reach, and what to open; no hang."""
-    if shutil.which("nft") is None:
+    if tool("nft") is None:
         pytest.skip(NO_NFT)
     hosts.firewall("a", [HTTP, MASTER, MASTER + 1])
     served = front(hosts, model, tmp_path, hosts.address("a"))
@@ -272,7 +271,7 @@ def test_a_worker_that_cannot_reach_its_front_says_why_and_keeps_trying(
     line = refused.wait_for("seqserve worker: error:", 60)
     assert f"cannot reach the front at {hosts.address('a')}:{MASTER}" in line, line
     assert "(connection refused)" in line and f"TCP port {MASTER} open" in line, line
-    if shutil.which("nft") is not None:
+    if tool("nft") is not None:
         hosts.drop_all_tcp("a")
         dropped = worker(hosts, "c", tmp_path, name="dropped")
         assert "(timed out)" in dropped.wait_for("seqserve worker: error:", 60)
