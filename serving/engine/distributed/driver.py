@@ -30,7 +30,7 @@ from serving.engine.distributed import rank as rank_lib
 from serving.engine.distributed.group import Backoff, GroupFailed, RankGroup, RestartAttempt
 from serving.engine.distributed.lookup import idle_batch
 from serving.engine.distributed.netif import Cluster
-from serving.engine.distributed.nodes import Nodes, listen
+from serving.engine.distributed.nodes import Nodes, listen, rendezvous_store
 from serving.engine.distributed.supervisor import Supervised
 from serving.engine.distributed.transport import Done, Forward, Ready, Update
 from serving.engine.layout import Layout
@@ -207,11 +207,7 @@ class DistributedEngine(Supervised):
         """A new generation serving `spec`, every rank warm and, with `replay`, holding every
         row update applied so far; GroupFailed (and nothing left running) if not."""
         if self._store is None:
-            # The driver hosts the rendezvous store (it listens on every address): port 0 lets
-            # the OS pick, so no race; across hosts, the port after --master-port, so that a
-            # firewall can name it.
-            port = self.master[1] + 1 if self.nnodes > 1 and self.master[1] else 0
-            self._store = dist.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False)
+            self._store = rendezvous_store(self.master[1] + 1 if self.nodes else 0)
         store_port = self._store.port
         self._generation += 1
         group = RankGroup(self._generation)

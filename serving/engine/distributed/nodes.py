@@ -24,9 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, Listener, answer_challenge, deliver_challenge
 
+import torch.distributed as dist
+
 from serving.engine.distributed.netif import WILDCARDS, Cluster, InterfaceError, choose, plain
 from serving.engine.distributed.rank import RankArgs
-from serving.engine.distributed.transport import Hello, keep_alive, read_timeout, socket_of
+from serving.engine.distributed.transport import Hello, keep_alive, read_timeout, socket_of, why
 from serving.errors import EngineStartError
 
 log = logging.getLogger("seqserve")
@@ -340,6 +342,23 @@ class Nodes:
                 conn, pid = self._hellos.pop(key)
                 out[key[1]] = (conn, RemoteRank(workers[node], generation, key[1], pid))
             return out
+
+
+def rendezvous_store(port: int) -> dist.TCPStore:
+    """The driver's rendezvous store, listening on every address: on `port` (across hosts, the
+    one after --master-port, so that a firewall can name it) or, with 0 or where `port` is
+    taken, one the OS picks (logged: the other hosts must reach it)."""
+    if port:
+        try:
+            return dist.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False)
+        except RuntimeError as e:  # DistNetworkError: the port is taken
+            log.warning("the rendezvous store cannot listen on port %d (%s)", port, why(e))
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    if port:
+        log.warning(
+            "the rendezvous store listens on port %d: open it to the other hosts", store.port
+        )
+    return store
 
 
 def listen(
