@@ -49,7 +49,8 @@ Answer = dict[str, np.ndarray]
 
 class DistributedEngine(Supervised):
     """A column-wise sharded EmbeddingCollection served by `world_size` rank processes that
-    run TorchRec's DistributedModelParallel (gloo on CPU, NCCL with rank r on cuda:r).
+    run TorchRec's DistributedModelParallel (gloo on CPU, NCCL with the host's i-th rank on
+    cuda:i).
 
     Restarts: the first attempt after a failure is immediate; each failed attempt doubles the
     wait before the next, from `restart_backoff` up to `restart_backoff_max` seconds. A group
@@ -140,9 +141,10 @@ class DistributedEngine(Supervised):
         does close() called meanwhile."""
         self._closing.clear()
         weights.check(self.spec)
-        if self.device == "cuda" and torch.cuda.device_count() < self.world:
+        here = self.world // self.nnodes  # ranks on this host, one GPU each
+        if self.device == "cuda" and torch.cuda.device_count() < here:
             raise EngineStartError(
-                f"world_size {self.world} needs {self.world} GPUs; "
+                f"world_size {self.world} over {self.nnodes} host(s) needs {here} GPUs here; "
                 f"{torch.cuda.device_count()} found"
             )
         if self.nnodes > 1:  # listening first, so that close() can end the wait
@@ -225,6 +227,7 @@ class DistributedEngine(Supervised):
                 threads=self.threads,
                 parent_pid=os.getpid(),
                 node=r // (self.world // self.nnodes),
+                local_rank=r % (self.world // self.nnodes),
                 cluster=self.cluster,
                 join_timeout=self.join_timeout,
             )
@@ -348,7 +351,8 @@ class DistributedEngine(Supervised):
         return commit
 
     def describe(self) -> dict[str, Any]:
-        devices = {r: f"cuda:{r}" if self.device == "cuda" else "cpu" for r in range(self.world)}
+        here, cuda = self.world // self.nnodes, self.device == "cuda"
+        devices = {r: f"cuda:{r % here}" if cuda else "cpu" for r in range(self.world)}
         group = self._group
         where = ("node", "host", "address", "interface")  # as each rank reported when ready
         return describe.model(

@@ -52,6 +52,7 @@ class RankArgs:
     connect: tuple[str, int] | None = None
     key: bytes = b""
     node: int = 0
+    local_rank: int = -1  # its index among its host's ranks (its GPU); -1: `rank`, one host
     # Across hosts: the interface that reaches the other hosts (set in gloo's and NCCL's
     # variables before the group forms) and how long each step of joining may take.
     cluster: Cluster | None = None  # None: one host, the group forms as torch.distributed does
@@ -132,7 +133,7 @@ def _start(args: RankArgs, conn: Connection) -> tuple[torch.nn.Module, torch.dev
     torch.set_num_threads(args.threads)
     world = args.spec.sharding.world_size
     if args.device == "cuda":
-        device = torch.device("cuda", args.rank)
+        device = torch.device("cuda", args.rank if args.local_rank < 0 else args.local_rank)
         torch.cuda.set_device(device)
         backend = "nccl"
     else:
