@@ -34,15 +34,16 @@ if TYPE_CHECKING:
 RETRY_S = 1.0  # between attempts to reach the front
 
 
-def _setting(p: argparse.ArgumentParser, name: str, help: str = "") -> None:
-    """A flag declared in serving/settings.py, with its variable and default."""
+def _setting(p: argparse.ArgumentParser, name: str, help: str, shown: str = "") -> None:
+    """A flag declared in serving/settings.py, with its variable and default; the help as
+    a worker sees it."""
     o = BY_NAME[name]
     raw = os.environ.get(o.env)
     p.add_argument(
         o.flag,
         type=o.type,
         default=o.type(raw) if raw is not None else o.default,
-        help=f"{help or o.help} (env {o.env}, default {o.shown or o.default})",
+        help=f"{help} (env {o.env}, default {shown or o.shown or o.default})",
     )
 
 
@@ -55,8 +56,8 @@ def add_flags(p: argparse.ArgumentParser) -> None:
     _setting(
         p,
         "cluster_interface",
-        "network interface (or address) this host's ranks use to reach the other hosts; "
-        "default: the one the route to --master-addr goes out on",
+        "network interface (or address) this host's ranks use to reach the other hosts",
+        "the one the route to --master-addr goes out on, unless GLOO_SOCKET_IFNAME is set",
     )
     _setting(
         p,

@@ -4,8 +4,10 @@ A worker (one per other host, `serving/commands/worker.py`) connects to the fron
 and says which node it is. When the driver starts a generation, it sends each worker the
 arguments of that node's ranks; the worker spawns them, and each rank connects back to the
 same port with its own connection, over which it is driven like a local rank (Ready, Forward,
-Update, Stop). Ranks rendezvous for their collectives through the driver's TCPStore, and gloo
-carries the embeddings between hosts. Every connection is authenticated with the cluster key
+Update, Stop). Ranks rendezvous for their collectives through the driver's TCPStore (on
+--master-port + 1), and gloo carries the embeddings between hosts, each host's ranks on the
+interface that reaches the others (netif.py), joining within --join-timeout-s or failing in
+one line (reach.py). Every connection is authenticated with the cluster key
 (`multiprocessing.connection`'s HMAC challenge): the messages are pickled, so only a holder of
 the key may connect, and the cluster network must be trusted like the key.
 
