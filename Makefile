@@ -35,7 +35,14 @@ $(HAPROXY):
 	$(SUDO) apt-get install -y -qq haproxy >/dev/null || \
 		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq haproxy >/dev/null)
 
-test: lint $(HAPROXY)
+# tests/hosts/ runs the front and its workers on network namespaces and blocks ports between
+# them with nftables (the kernel has it; the `nft` command is installed here when missing).
+NFT := /usr/sbin/nft
+$(NFT):
+	$(SUDO) apt-get install -y -qq nftables >/dev/null || \
+		($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nftables >/dev/null)
+
+test: lint $(HAPROXY) $(NFT)
 	$(BIN)/pytest -q
 
 # The Open Inference Protocol's gRPC stubs, checked in beside serving/fronts/proto/*.proto.

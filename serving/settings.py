@@ -138,7 +138,8 @@ OPTIONS = (
         "master_port",
         int,
         8083,
-        "port, on --host, where the other hosts' workers and ranks join (--nnodes > 1)",
+        "port, on --host, where the other hosts' workers and ranks join (--nnodes > 1); "
+        "their rendezvous store takes the next port",
         least=0,
     ),
     Option(
@@ -147,6 +148,22 @@ OPTIONS = (
         "",
         "shared secret of the front and its workers (--nnodes > 1); keep it like a password",
         shown="none",
+    ),
+    Option(
+        "cluster_interface",
+        str,
+        "",
+        "network interface (or address) this host's ranks use to reach the other hosts "
+        "(--nnodes > 1); sets GLOO_SOCKET_IFNAME and NCCL_SOCKET_IFNAME for them",
+        shown="the one the workers reach, unless GLOO_SOCKET_IFNAME is set",
+    ),
+    Option(
+        "join_timeout_s",
+        float,
+        20.0,
+        "across hosts, a rank that cannot reach the store or a peer this long fails the group "
+        "in one line naming the address and port; a worker says why it cannot reach its front",
+        least=1,
     ),
     Option(
         "auth_token",
@@ -218,6 +235,8 @@ class ServerSettings:
     nnodes: int
     master_port: int
     cluster_key: str
+    cluster_interface: str  # empty: found
+    join_timeout_s: float
     auth_token: str
     allow_updates: bool
     max_update_bytes: int

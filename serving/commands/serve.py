@@ -65,6 +65,8 @@ def serve(spec: ModelSpec, settings: ServerSettings) -> int:
         nnodes=settings.nnodes,
         master=(settings.host, settings.master_port),
         cluster_key=settings.cluster_key,
+        cluster_interface=settings.cluster_interface,
+        join_timeout=settings.join_timeout_s,
     )
     exit_code = 0
 

@@ -5,6 +5,10 @@ ranks the front asks for (a new generation replaces the last), tells the front w
 them ends, and kills them when the front asks or goes away; then it joins again, so a
 restarted front finds it. Its ranks connect to the front themselves and rendezvous through the
 front's TCPStore; they exit if this process dies (each watches its parent).
+
+Its ranks use the interface its own connection to the front goes out on (the route to
+`--master-addr`), unless `--cluster-interface` or GLOO_SOCKET_IFNAME says otherwise. While the
+front cannot be reached, one line says why every `--join-timeout-s`, and it keeps trying.
 """
 
 from __future__ import annotations
@@ -17,23 +21,48 @@ import signal
 import sys
 import time
 from multiprocessing import AuthenticationError
-from multiprocessing.connection import Client, Connection, wait
+from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
+from typing import TYPE_CHECKING
 
 from serving.errors import SeqServeError
+from serving.settings import BY_NAME
+
+if TYPE_CHECKING:
+    from serving.engine.distributed.netif import Cluster
 
 RETRY_S = 1.0  # between attempts to reach the front
 
 
+def _setting(p: argparse.ArgumentParser, name: str, help: str, shown: str = "") -> None:
+    """A flag declared in serving/settings.py, with its variable and default; the help as
+    a worker sees it."""
+    o = BY_NAME[name]
+    raw = os.environ.get(o.env)
+    p.add_argument(
+        o.flag,
+        type=o.type,
+        default=o.type(raw) if raw is not None else o.default,
+        help=f"{help} (env {o.env}, default {shown or o.shown or o.default})",
+    )
+
+
 def add_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--master-addr", required=True, help="the front's address")
-    p.add_argument("--master-port", type=int, default=8083, help="the front's --master-port")
+    _setting(p, "master_port", "the front's --master-port")
     p.add_argument("--node-rank", type=int, required=True, help="this host's node, 1 and up")
     p.add_argument("--nnodes", type=int, required=True, help="hosts in all, the front's included")
-    p.add_argument(
-        "--cluster-key",
-        default=os.environ.get("SEQSERVE_CLUSTER_KEY", ""),
-        help="the front's --cluster-key (env SEQSERVE_CLUSTER_KEY)",
+    _setting(p, "cluster_key", "the front's --cluster-key")
+    _setting(
+        p,
+        "cluster_interface",
+        "network interface (or address) this host's ranks use to reach the other hosts",
+        "the one the route to --master-addr goes out on, unless GLOO_SOCKET_IFNAME is set",
+    )
+    _setting(
+        p,
+        "join_timeout_s",
+        "while the front cannot be reached, say why this often (and keep trying)",
     )
 
 
@@ -52,32 +81,67 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, leave)
     signal.signal(signal.SIGINT, leave)
-    from serving.engine.distributed.nodes import Join, keep_alive  # torch: not for --help
+    from serving.engine.distributed.netif import InterfaceError, choose
+    from serving.engine.distributed.transport import keep_alive, socket_of
 
     address = (args.master_addr, args.master_port)
     key = args.cluster_key.encode()
     while True:
-        try:
-            conn = Client(address, authkey=key)
-        except OSError:
-            time.sleep(RETRY_S)  # the front is not up (yet): keep trying
-            continue
-        except AuthenticationError:
-            raise SeqServeError(
-                f"{address[0]}:{address[1]} refused this worker: the cluster keys differ"
-            ) from None
+        conn = _reach(address, key, args.join_timeout_s)
         keep_alive(conn)  # a front whose host vanished reads as gone: join again
-        conn.send(Join(args.node_rank, os.getpid(), args.nnodes))
+        try:
+            with socket_of(conn) as s:
+                cluster = choose(args.cluster_interface, s.getsockname()[0])
+        except InterfaceError as e:
+            raise SeqServeError(f"--cluster-interface: {e}") from None
+        from serving.engine.distributed.nodes import Join  # torch: only once there is a front
+
+        conn.send(Join(args.node_rank, os.getpid(), args.nnodes, cluster.address))
         print(
-            f"seqserve worker: node {args.node_rank} joined {address[0]}:{address[1]}", flush=True
+            f"seqserve worker: node {args.node_rank} joined {address[0]}:{address[1]}; "
+            f"its ranks use {cluster.interface} ({cluster.address}; {cluster.how})",
+            flush=True,
         )
-        _serve(conn, address, key, ranks)
+        _serve(conn, address, key, ranks, cluster)
         _kill(ranks)
         print("seqserve worker: the front went away; joining again", flush=True)
 
 
+def _reach(address: tuple[str, int], key: bytes, remind: float) -> Connection:
+    """A connection to the front, authenticated; one line every `remind` seconds until then."""
+    from serving.engine.distributed.transport import connect, why
+
+    host, port = address
+    start = time.monotonic()
+    next_note = start + remind
+    while True:
+        try:
+            return connect(address, key, remind)
+        except AuthenticationError:
+            raise SeqServeError(
+                f"{host}:{port} refused this worker: the cluster keys differ"
+            ) from None
+        except (OSError, EOFError) as e:
+            now = time.monotonic()
+            if now >= next_note:
+                next_note = now + remind
+                print(
+                    f"seqserve worker: error: cannot reach the front at {host}:{port} for "
+                    f"{now - start:.0f}s ({why(e) if str(e) else 'closed'}): is `seqserve serve "
+                    f"--nnodes` running there, and TCP port {port} open to this host? "
+                    "Still trying.",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            time.sleep(RETRY_S)
+
+
 def _serve(
-    conn: Connection, address: tuple[str, int], key: bytes, ranks: dict[int, BaseProcess]
+    conn: Connection,
+    address: tuple[str, int],
+    key: bytes,
+    ranks: dict[int, BaseProcess],
+    cluster: Cluster,
 ) -> None:
     from serving.engine.distributed import rank as rank_lib
     from serving.engine.distributed.nodes import Exited, Halt, Launch, Refused
@@ -108,12 +172,17 @@ def _serve(
             _kill(ranks)
             generation = msg.generation
             for a in msg.ranks:
-                here = dataclasses.replace(
-                    a, store_host=address[0], connect=address, key=key, parent_pid=os.getpid()
+                mine = dataclasses.replace(
+                    a,
+                    store_host=address[0],
+                    connect=address,
+                    key=key,
+                    parent_pid=os.getpid(),
+                    cluster=cluster,  # this host's interface, not the front's
                 )
                 proc = ctx.Process(
                     target=rank_lib.main,
-                    args=(here, None),
+                    args=(mine, None),
                     name=f"seqserve-rank{a.rank}",
                     daemon=True,
                 )

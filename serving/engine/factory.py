@@ -17,6 +17,8 @@ def create(
     nnodes: int = 1,
     master: tuple[str, int] = ("127.0.0.1", 0),
     cluster_key: str = "",
+    cluster_interface: str = "",
+    join_timeout: float = 20.0,
 ) -> Engine:
     """The engine the spec asks for (`sharding.engine`), unless `kind` overrides it. The
     other settings concern the distributed engine's rank processes, `nnodes` > 1 spreading
@@ -33,6 +35,8 @@ def create(
             nnodes=nnodes,
             master=master,
             cluster_key=cluster_key.encode(),
+            cluster_interface=cluster_interface,
+            join_timeout=join_timeout,
         )
     if nnodes > 1:
         raise SpecError(f"--nnodes {nnodes} needs the distributed engine (--engine distributed)")

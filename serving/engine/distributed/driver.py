@@ -29,7 +29,8 @@ from serving.engine.devices import default_device
 from serving.engine.distributed import rank as rank_lib
 from serving.engine.distributed.group import Backoff, GroupFailed, RankGroup, RestartAttempt
 from serving.engine.distributed.lookup import idle_batch
-from serving.engine.distributed.nodes import Nodes, listen
+from serving.engine.distributed.netif import Cluster
+from serving.engine.distributed.nodes import Nodes, listen, rendezvous_store
 from serving.engine.distributed.supervisor import Supervised
 from serving.engine.distributed.transport import Done, Forward, Ready, Update
 from serving.engine.layout import Layout
@@ -48,7 +49,8 @@ Answer = dict[str, np.ndarray]
 
 class DistributedEngine(Supervised):
     """A column-wise sharded EmbeddingCollection served by `world_size` rank processes that
-    run TorchRec's DistributedModelParallel (gloo on CPU, NCCL with rank r on cuda:r).
+    run TorchRec's DistributedModelParallel (gloo on CPU, NCCL with the host's i-th rank on
+    cuda:i).
 
     Restarts: the first attempt after a failure is immediate; each failed attempt doubles the
     wait before the next, from `restart_backoff` up to `restart_backoff_max` seconds. A group
@@ -70,6 +72,8 @@ class DistributedEngine(Supervised):
         nnodes: int = 1,
         master: tuple[str, int] = ("127.0.0.1", 0),
         cluster_key: bytes = b"",
+        cluster_interface: str = "",
+        join_timeout: float = 20.0,
     ):
         self.kind: EngineKind = "distributed"
         self.spec = with_engine(spec, "distributed")
@@ -79,7 +83,10 @@ class DistributedEngine(Supervised):
         self.nnodes = nnodes
         self.master = master  # where workers and their ranks reach the front (nnodes > 1)
         self.cluster_key = cluster_key
+        self.cluster_interface = cluster_interface  # empty: the one the workers reach
+        self.join_timeout = join_timeout
         self.nodes: Nodes | None = None
+        self.cluster: Cluster | None = None  # this host's interface to the others (nnodes > 1)
         self.device = device or default_device()
         self.world = spec.sharding.world_size
         cpus = os.cpu_count() or 1
@@ -134,16 +141,18 @@ class DistributedEngine(Supervised):
         does close() called meanwhile."""
         self._closing.clear()
         weights.check(self.spec)
-        if self.device == "cuda" and torch.cuda.device_count() < self.world:
+        here = self.world // self.nnodes  # ranks on this host, one GPU each
+        if self.device == "cuda" and torch.cuda.device_count() < here:
             raise EngineStartError(
-                f"world_size {self.world} needs {self.world} GPUs; "
+                f"world_size {self.world} over {self.nnodes} host(s) needs {here} GPUs here; "
                 f"{torch.cuda.device_count()} found"
             )
         if self.nnodes > 1:  # listening first, so that close() can end the wait
             self.nodes = listen(
                 self.master, self.cluster_key, self.nnodes, self.world, self._retry.set
             )
-            self.nodes.await_workers(self.start_timeout, self._closing)
+            self.nodes.await_workers(self.start_timeout, self._closing, self.join_timeout)
+            self.cluster = self.nodes.cluster(self.cluster_interface)
         with self._lock:
             if self._state != "stopped":
                 raise EngineStartError("the engine is already started")
@@ -200,8 +209,7 @@ class DistributedEngine(Supervised):
         """A new generation serving `spec`, every rank warm and, with `replay`, holding every
         row update applied so far; GroupFailed (and nothing left running) if not."""
         if self._store is None:
-            # The driver hosts the rendezvous store: port 0 lets the OS pick, so no race.
-            self._store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+            self._store = rendezvous_store(self.master[1] + 1 if self.nodes else 0)
         store_port = self._store.port
         self._generation += 1
         group = RankGroup(self._generation)
@@ -218,6 +226,10 @@ class DistributedEngine(Supervised):
                 device=self.device,
                 threads=self.threads,
                 parent_pid=os.getpid(),
+                node=r // (self.world // self.nnodes),
+                local_rank=r % (self.world // self.nnodes),
+                cluster=self.cluster,
+                join_timeout=self.join_timeout,
             )
 
         try:
@@ -339,7 +351,10 @@ class DistributedEngine(Supervised):
         return commit
 
     def describe(self) -> dict[str, Any]:
-        devices = {r: f"cuda:{r}" if self.device == "cuda" else "cpu" for r in range(self.world)}
+        here, cuda = self.world // self.nnodes, self.device == "cuda"
+        devices = {r: f"cuda:{r % here}" if cuda else "cpu" for r in range(self.world)}
+        group = self._group
+        where = ("node", "host", "address", "interface")  # as each rank reported when ready
         return describe.model(
             self.spec,
             {
@@ -349,7 +364,9 @@ class DistributedEngine(Supervised):
                 "nnodes": self.nnodes,
                 "rank_devices": devices,
                 "ranks": [
-                    {"rank": r, "device": devices[r], "pid": pid} for r, pid in enumerate(self.pids)
+                    {"rank": r, "device": devices[r], "pid": info["pid"]}
+                    | {k: info[k] for k in where if k in info}
+                    for r, info in enumerate(group.info if group is not None else [])
                 ],
             },
         )

@@ -162,6 +162,8 @@ class RankGroup:
         except (EOFError, OSError):
             raise GroupFailed(f"{what}: rank {r} closed its pipe") from None
         if isinstance(msg, Failed):
+            if msg.summary:  # a known cause (a peer it cannot reach), in one line
+                raise GroupFailed(f"{what}: {msg.summary}")
             raise GroupFailed(f"{what}: rank {r} failed:\n{msg.traceback}")
         if not isinstance(msg, kind):
             raise GroupFailed(f"{what}: rank {r} sent {type(msg).__name__}, not {kind.__name__}")

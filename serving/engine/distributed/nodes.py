@@ -4,8 +4,10 @@ A worker (one per other host, `serving/commands/worker.py`) connects to the fron
 and says which node it is. When the driver starts a generation, it sends each worker the
 arguments of that node's ranks; the worker spawns them, and each rank connects back to the
 same port with its own connection, over which it is driven like a local rank (Ready, Forward,
-Update, Stop). Ranks rendezvous for their collectives through the driver's TCPStore, and gloo
-carries the embeddings between hosts. Every connection is authenticated with the cluster key
+Update, Stop). Ranks rendezvous for their collectives through the driver's TCPStore (on
+--master-port + 1), and gloo carries the embeddings between hosts, each host's ranks on the
+interface that reaches the others (netif.py), joining within --join-timeout-s or failing in
+one line (reach.py). Every connection is authenticated with the cluster key
 (`multiprocessing.connection`'s HMAC challenge): the messages are pickled, so only a holder of
 the key may connect, and the cluster network must be trusted like the key.
 
@@ -17,24 +19,23 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, Listener, answer_challenge, deliver_challenge
 
+import torch.distributed as dist
+
+from serving.engine.distributed.netif import WILDCARDS, Cluster, InterfaceError, choose, plain
 from serving.engine.distributed.rank import RankArgs
-from serving.engine.distributed.transport import Hello
+from serving.engine.distributed.transport import Hello, keep_alive, read_timeout, socket_of, why
 from serving.errors import EngineStartError
 
 log = logging.getLogger("seqserve")
 
 HELLO_TIMEOUT_S = 10.0  # a new connection must pass the challenge and say who it is within this
-# A host that vanishes without closing its connections is noticed after about 10 + 3 x 5 s.
-KEEPALIVE = ((socket.TCP_KEEPIDLE, 10), (socket.TCP_KEEPINTVL, 5), (socket.TCP_KEEPCNT, 3))
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Join:  # worker -> front, first message
     node: int
     pid: int
     nnodes: int
+    address: str = ""  # where its ranks are reached (its interface to the other hosts)
 
 
 @dataclass(frozen=True)
@@ -67,40 +69,22 @@ class Exited:  # worker -> front: one of its ranks ended
     code: int | None
 
 
-def _socket_of(conn: Connection) -> socket.socket:
-    """A second handle on `conn`'s socket (options and shutdown act on the socket itself)."""
-    return socket.socket(fileno=os.dup(conn.fileno()))
-
-
 def hang_up(conn: Connection) -> None:
     """Close `conn` and wake any thread blocked on it, which a bare close() does not."""
-    with contextlib.suppress(OSError), _socket_of(conn) as s:
+    with contextlib.suppress(OSError), socket_of(conn) as s:
         s.shutdown(socket.SHUT_RDWR)
     conn.close()
-
-
-def keep_alive(conn: Connection) -> None:
-    """TCP keep-alive: a peer whose host is gone reads as a closed connection."""
-    with _socket_of(conn) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        for option, value in KEEPALIVE:
-            s.setsockopt(socket.IPPROTO_TCP, option, value)
-
-
-def _read_timeout(conn: Connection, seconds: float) -> None:
-    """Reads on `conn` fail after `seconds` (0: wait for ever); Connection reads the bare fd."""
-    whole = int(seconds)
-    with _socket_of(conn) as s:
-        timeval = struct.pack("ll", whole, int((seconds - whole) * 1e6))
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
 
 
 class Worker:
     """The front's side of one worker's control connection."""
 
-    def __init__(self, node: int, pid: int, conn: Connection):
+    def __init__(self, node: int, pid: int, conn: Connection, address: str = ""):
         self.node, self.pid = node, pid
         self.conn = conn
+        self.address = address  # its ranks' address, as the worker says
+        with socket_of(conn) as s:
+            self.local = plain(s.getsockname()[0])  # where it reached this host
         self.gone = False
         self.exited: dict[tuple[str, int], int | None] = {}
 
@@ -190,17 +174,20 @@ class Nodes:
     def _greet(self, conn: Connection) -> None:
         """The HMAC challenge both ways, then who it is: a worker joining or a rank."""
         try:
-            _read_timeout(conn, HELLO_TIMEOUT_S)
+            read_timeout(conn, HELLO_TIMEOUT_S)
             deliver_challenge(conn, self.key)  # a wrong key raises AuthenticationError here
             answer_challenge(conn, self.key)
             msg = conn.recv()
-            _read_timeout(conn, 0)
+            read_timeout(conn, 0)
         except Exception as e:  # a wrong key, a peer gone, silent or too slow
             why = f"nothing within {HELLO_TIMEOUT_S:g}s" if isinstance(e, BlockingIOError) else e
             log.warning("nodes: refused a connection: %s", why or type(e).__name__)
             hang_up(conn)
             return
         with self._changed:
+            if self._closed:  # greeted while the listener closed: nobody will drive it
+                hang_up(conn)
+                return
             if isinstance(msg, Join):
                 refused = self._refusal(msg)
                 if refused:
@@ -213,8 +200,15 @@ class Nodes:
                 if old is not None:
                     hang_up(old.conn)  # gone already (see _refusal): wake whoever waits on it
                 keep_alive(conn)
-                self.workers[msg.node] = Worker(msg.node, msg.pid, conn)
-                log.warning("nodes: node %d joined (worker pid %d)", msg.node, msg.pid)
+                w = Worker(msg.node, msg.pid, conn, msg.address)
+                self.workers[msg.node] = w
+                log.warning(
+                    "nodes: node %d joined from %s (worker pid %d) at %s",
+                    msg.node,
+                    msg.address or "?",
+                    msg.pid,
+                    w.local,
+                )
             elif isinstance(msg, Hello):
                 keep_alive(conn)
                 self._hellos[(msg.generation, msg.rank)] = (conn, msg.pid)
@@ -248,16 +242,61 @@ class Nodes:
                 and not self._closed
             )
 
-    def await_workers(self, timeout: float, stop: threading.Event) -> None:
+    def await_workers(self, timeout: float, stop: threading.Event, remind: float) -> None:
         """Until every other node's worker has joined; EngineStartError after `timeout` s,
-        or once `stop` is set (the server stops meanwhile). Closes the listener on failure."""
-        end = time.monotonic() + timeout
+        or once `stop` is set (the server stops meanwhile). Closes the listener on failure.
+        Every `remind` seconds meanwhile, one line says who is missing and what to run."""
+        start = time.monotonic()
+        end, next_note = start + timeout, start + remind
         while not self.wait_for(range(1, self.nnodes), 0.5):
+            now = time.monotonic()
+            if now > next_note:
+                next_note = now + remind
+                with self._changed:
+                    missing = [n for n in range(1, self.nnodes) if n not in self.workers]
+                host, port = self.address
+                log.warning(
+                    "still waiting for node(s) %s after %.0fs: run `seqserve worker "
+                    "--master-addr <this host's address> --master-port %d --node-rank N "
+                    "--nnodes %d` on each, with this --cluster-key; TCP ports %d and %d of "
+                    "%s must be open to them",
+                    missing,
+                    now - start,
+                    port,
+                    self.nnodes,
+                    port,
+                    port + 1,
+                    host,
+                )
             if stop.is_set() or time.monotonic() > end:
                 self.close()
                 if stop.is_set():
                     raise EngineStartError("stopped while waiting for the other hosts' workers")
                 raise EngineStartError(f"workers did not join within {timeout:g}s")
+
+    def local_address(self) -> str:
+        """The address the other hosts reach this one at: the listener's own, or where the
+        first worker's connection arrived when it listens on every address."""
+        host = self.address[0]
+        if host not in WILDCARDS:
+            return plain(host)
+        with self._changed:
+            return next(iter(self.workers.values())).local
+
+    def cluster(self, setting: str) -> Cluster:
+        """This host's interface to the others: `setting` (--cluster-interface) or found."""
+        try:
+            cluster = choose(setting, self.local_address())
+        except InterfaceError as e:
+            self.close()
+            raise EngineStartError(f"--cluster-interface: {e}") from None
+        log.warning(
+            "ranks here reach the other hosts on %s (%s; %s)",
+            cluster.interface,
+            cluster.address,
+            cluster.how,
+        )
+        return cluster
 
     def launch(
         self, generation: str, ranks: dict[int, list[RankArgs]], timeout: float
@@ -284,9 +323,20 @@ class Nodes:
                 for w in workers.values():
                     w.poll()
                 gone = [n for n, w in workers.items() if w.gone]
-                if self._closed or left <= 0 or gone:
+                exited = [
+                    (k[1], n, workers[n].exited[k])
+                    for k, n in wanted.items()
+                    if k in workers[n].exited and k not in self._hellos
+                ]
+                if self._closed or left <= 0 or gone or exited:
                     missing = sorted(r for (_, r) in wanted if (generation, r) not in self._hellos)
                     why = f"node(s) {gone} left" if gone else f"ranks {missing} did not connect"
+                    if exited and not gone:
+                        r, n, code = exited[0]
+                        why = (
+                            f"rank {r} on node {n} exited with code {code} before connecting "
+                            "back (its worker's output says why)"
+                        )
                     raise RuntimeError(f"start on other hosts: {why}")
                 self._changed.wait(min(left, 0.2))
             out = {}
@@ -294,6 +344,23 @@ class Nodes:
                 conn, pid = self._hellos.pop(key)
                 out[key[1]] = (conn, RemoteRank(workers[node], generation, key[1], pid))
             return out
+
+
+def rendezvous_store(port: int) -> dist.TCPStore:
+    """The driver's rendezvous store, listening on every address: on `port` (across hosts, the
+    one after --master-port, so that a firewall can name it) or, with 0 or where `port` is
+    taken, one the OS picks (logged: the other hosts must reach it)."""
+    if port:
+        try:
+            return dist.TCPStore("127.0.0.1", port, is_master=True, wait_for_workers=False)
+        except RuntimeError as e:  # DistNetworkError: the port is taken
+            log.warning("the rendezvous store cannot listen on port %d (%s)", port, why(e))
+    store = dist.TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False)
+    if port:
+        log.warning(
+            "the rendezvous store listens on port %d: open it to the other hosts", store.port
+        )
+    return store
 
 
 def listen(

@@ -5,11 +5,13 @@ from __future__ import annotations
 import mmap
 import os
 import signal
+import socket
+import sys
 import threading
 import time
 import traceback
 from dataclasses import dataclass
-from multiprocessing.connection import Client, Connection
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import torch
@@ -17,8 +19,9 @@ import torch.distributed as dist
 
 from serving.config import ModelSpec
 from serving.engine import weights
-from serving.engine.distributed import dmp
+from serving.engine.distributed import dmp, reach
 from serving.engine.distributed.lookup import lookup, warm_up
+from serving.engine.distributed.netif import Cluster
 from serving.engine.distributed.transport import (
     Done,
     Failed,
@@ -27,7 +30,9 @@ from serving.engine.distributed.transport import (
     Ready,
     Stop,
     Update,
+    connect,
     receive_buffer,
+    why,
 )
 from serving.engine.quiet import quiet_torch_logs
 from serving.engine.stored import Rows
@@ -46,6 +51,12 @@ class RankArgs:
     # A rank on another host connects to the front's node listener itself, with the key.
     connect: tuple[str, int] | None = None
     key: bytes = b""
+    node: int = 0
+    local_rank: int = -1  # its index among its host's ranks (its GPU); -1: `rank`, one host
+    # Across hosts: the interface that reaches the other hosts (set in gloo's and NCCL's
+    # variables before the group forms) and how long each step of joining may take.
+    cluster: Cluster | None = None  # None: one host, the group forms as torch.distributed does
+    join_timeout: float = 0.0
 
 
 def main(args: RankArgs, conn: Connection | None) -> None:
@@ -55,11 +66,20 @@ def main(args: RankArgs, conn: Connection | None) -> None:
     _watch_parent(args.parent_pid)
     if conn is None:  # on another host: open our own connection to the front
         assert args.connect is not None
-        conn = Client(args.connect, authkey=args.key)
+        try:
+            conn = connect(args.connect, args.key, args.join_timeout or reach.ARRIVAL_S)
+        except OSError as e:
+            host, port = args.connect
+            _say(args, f"cannot reach the front at {host}:{port} ({why(e)})")
+            sys.exit(1)
         conn.send(Hello(args.store_prefix, args.rank, os.getpid()))
     try:
-        model, device = _start(args)
+        model, device = _start(args, conn)
         warm_up(args.spec, model, device)
+    except reach.Unreachable as e:
+        _say(args, str(e))
+        conn.send(Failed(traceback.format_exc(), summary=str(e)))
+        return
     except BaseException:
         conn.send(Failed(traceback.format_exc()))
         return
@@ -68,7 +88,11 @@ def main(args: RankArgs, conn: Connection | None) -> None:
         "pid": os.getpid(),
         "device": str(device),
         "peak_rss_kib": _peak_kib(),
+        "node": args.node,
+        "host": socket.gethostname(),
     }
+    if args.cluster is not None:
+        info |= {"address": args.cluster.address, "interface": args.cluster.interface}
     conn.send(Ready(info))
     try:
         _serve(args.spec, model, device, conn)
@@ -77,6 +101,12 @@ def main(args: RankArgs, conn: Connection | None) -> None:
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _say(args: RankArgs, line: str) -> None:
+    """A rank on another host says why it failed on its worker's output too."""
+    if args.connect is not None:
+        print(f"seqserve rank {args.rank}: error: {line}", file=sys.stderr, flush=True)
 
 
 def _peak_kib() -> int:
@@ -99,22 +129,41 @@ def _watch_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def _start(args: RankArgs) -> tuple[torch.nn.Module, torch.device]:
+def _start(args: RankArgs, conn: Connection) -> tuple[torch.nn.Module, torch.device]:
     torch.set_num_threads(args.threads)
     world = args.spec.sharding.world_size
     if args.device == "cuda":
-        device = torch.device("cuda", args.rank)
+        device = torch.device("cuda", args.rank if args.local_rank < 0 else args.local_rank)
         torch.cuda.set_device(device)
         backend = "nccl"
     else:
         device, backend = torch.device("cpu"), "gloo"
-    store = dist.TCPStore(args.store_host, args.store_port, is_master=False)
-    dist.init_process_group(
-        backend, store=dist.PrefixStore(args.store_prefix, store), rank=args.rank, world_size=world
-    )
+    if args.cluster is None:
+        store = dist.TCPStore(args.store_host, args.store_port, is_master=False)
+        prefixed = dist.PrefixStore(args.store_prefix, store)
+        dist.init_process_group(backend, store=prefixed, rank=args.rank, world_size=world)
+    else:
+        _join(args, args.cluster, conn, backend, world)
     model = dmp.shard(args.spec, device)
     weights.load(args.spec, model, args.rank)
     return model, device
+
+
+def _join(args: RankArgs, cluster: Cluster, conn: Connection, backend: str, world: int) -> None:
+    """Join a group across hosts on the chosen interface, or fail in one line within
+    `join_timeout` of each step (reach.py)."""
+    os.environ.update(cluster.env)  # read by gloo and NCCL when the group is made
+    who = f"rank {args.rank} on node {args.node}"
+    store = reach.connect_store(args.store_host, args.store_port, args.join_timeout, who)
+    prefixed = dist.PrefixStore(args.store_prefix, store)
+    reach.check_mesh(prefixed, args.rank, world, cluster.address, args.join_timeout, who)
+
+    def give_up(line: str) -> None:  # gloo is stuck in C++: say why from here, and go
+        _say(args, line)
+        conn.send(Failed(line, summary=line))
+        os._exit(1)
+
+    reach.init_group(backend, prefixed, args.rank, world, args.join_timeout, who, give_up)
 
 
 def _serve(spec: ModelSpec, model: torch.nn.Module, device: torch.device, conn: Connection) -> None:

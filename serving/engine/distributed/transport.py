@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import mmap
 import os
+import socket
+import struct
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
+from multiprocessing.connection import (
+    Connection,
+    answer_challenge,
+    deliver_challenge,
+)
 from multiprocessing.reduction import recv_handle, send_handle
 
 import numpy as np
+
+# A host that vanishes without closing its connections is noticed after about 10 + 3 x 5 s.
+KEEPALIVE = ((socket.TCP_KEEPIDLE, 10), (socket.TCP_KEEPINTVL, 5), (socket.TCP_KEEPCNT, 3))
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,7 @@ class Done:
 @dataclass(frozen=True)
 class Failed:
     traceback: str
+    summary: str = ""  # one line, where the cause is known (a peer it cannot reach): shown alone
 
 
 class OutputBuffer:
@@ -107,3 +117,54 @@ def receive_buffer(conn: Connection, msg: NewBuffer) -> mmap.mmap:
         return mmap.mmap(fd, msg.size)
     finally:
         os.close(fd)
+
+
+def read_timeout(conn: Connection, seconds: float) -> None:
+    """Reads on `conn` fail after `seconds` (0: wait for ever); Connection reads the bare fd,
+    so a socket-level timeout (which makes the fd non-blocking) would not do."""
+    whole = int(seconds)
+    with socket.socket(fileno=os.dup(conn.fileno())) as s:
+        timeval = struct.pack("ll", whole, int((seconds - whole) * 1e6))
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+
+
+def connect(address: tuple[str, int], key: bytes, timeout: float) -> Connection:
+    """`multiprocessing.connection.Client(address, authkey=key)`, but connecting and the
+    challenge each fail after `timeout` seconds (a dropped SYN alone would wait minutes)."""
+    with socket.create_connection(address, timeout=timeout) as sock:
+        sock.settimeout(None)
+        conn = Connection(sock.detach())
+    try:
+        read_timeout(conn, timeout)  # a peer that accepts and says nothing is no front
+        answer_challenge(conn, key)
+        deliver_challenge(conn, key)
+        read_timeout(conn, 0)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def socket_of(conn: Connection) -> socket.socket:
+    """A second handle on `conn`'s socket (options and shutdown act on the socket itself)."""
+    return socket.socket(fileno=os.dup(conn.fileno()))
+
+
+def keep_alive(conn: Connection) -> None:
+    """TCP keep-alive: a peer whose host is gone reads as a closed connection."""
+    with socket_of(conn) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for option, value in KEEPALIVE:
+            s.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+def why(e: BaseException) -> str:
+    """A few words for a connection failure."""
+    text = str(e).lower()
+    for words in ("refused", "timed out", "no route to host", "unreachable", "reset"):
+        if words in text:
+            return {"refused": "connection refused", "reset": "connection reset"}.get(words, words)
+    if isinstance(e, socket.timeout | TimeoutError):
+        return "timed out"
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return first[:200]
