@@ -23,15 +23,15 @@ import torch.distributed as dist
 from serving.config import EngineKind, ModelSpec, WeightsSpec, with_engine
 from serving.engine import collate as collate_lib
 from serving.engine import describe, weights
-from serving.engine.base import Commit, Delta, Ids
+from serving.engine.base import Answer, Commit, Delta, Ids
 from serving.engine.collate import Batch
 from serving.engine.devices import default_device
 from serving.engine.distributed import rank as rank_lib
-from serving.engine.distributed.group import Backoff, GroupFailed, RankGroup, RestartAttempt
+from serving.engine.distributed.group import GroupFailed, RankGroup, RestartAttempt
 from serving.engine.distributed.lookup import idle_batch
 from serving.engine.distributed.netif import Cluster
 from serving.engine.distributed.nodes import Nodes, listen, rendezvous_store
-from serving.engine.distributed.supervisor import Supervised
+from serving.engine.distributed.supervisor import Supervisor
 from serving.engine.distributed.transport import Done, Forward, Ready, Update
 from serving.engine.layout import Layout
 from serving.engine.split import split
@@ -44,10 +44,8 @@ log = logging.getLogger("seqserve")
 Dispatch = Literal["split", "one"]
 State = Literal["stopped", "serving", "restarting"]
 
-Answer = dict[str, np.ndarray]
 
-
-class DistributedEngine(Supervised):
+class DistributedEngine:
     """A column-wise sharded EmbeddingCollection served by `world_size` rank processes that
     run TorchRec's DistributedModelParallel (gloo on CPU, NCCL with the host's i-th rank on
     cuda:i).
@@ -93,7 +91,6 @@ class DistributedEngine(Supervised):
         self.threads = threads_per_rank or max(1, cpus // self.world)
         self.start_timeout = start_timeout
         self.batch_timeout = batch_timeout
-        self.restart_backoff_max = restart_backoff_max
         self.layout = Layout.of(spec)
         self.keys = self.layout.keys
         self.rows = self.layout.rows
@@ -104,18 +101,15 @@ class DistributedEngine(Supervised):
         self._group: RankGroup | None = None
         self._store: dist.TCPStore | None = None
         self._generation = 0
-        self._backoff = Backoff(restart_backoff, restart_backoff_max)
-        self._supervisor: threading.Thread | None = None
         self._closing = threading.Event()
-        self._retry = threading.Event()  # set by close() and by a worker joining
         # Written once by close(): wakes the supervisor out of any wait on processes or pipes.
         self._wake_r, self._wake_w = -1, -1
         # Every group that may still have processes, so close() leaves none behind.
         self._groups: set[RankGroup] = set()
         self._groups_lock = threading.Lock()
         self.last_failure: str | None = None
-        self.restarts = 0  # groups brought back by the supervisor
-        self.restart_attempts: deque[RestartAttempt] = deque(maxlen=100)
+        # Restarts a failed group, with back-off; a worker joining (nodes) ends its wait.
+        self.supervisor = Supervisor(self, restart_backoff, restart_backoff_max)
         # Stage times of the last batch (seconds): what the benchmark's profile reads.
         self.last_timings: dict[str, float] = {}
         self.rank_info: list[dict[str, object]] = []  # what each rank reported when ready
@@ -149,7 +143,7 @@ class DistributedEngine(Supervised):
             )
         if self.nnodes > 1:  # listening first, so that close() can end the wait
             self.nodes = listen(
-                self.master, self.cluster_key, self.nnodes, self.world, self._retry.set
+                self.master, self.cluster_key, self.nnodes, self.world, self.supervisor.retry.set
             )
             self.nodes.await_workers(self.start_timeout, self._closing, self.join_timeout)
             self.cluster = self.nodes.cluster(self.cluster_interface)
@@ -161,25 +155,18 @@ class DistributedEngine(Supervised):
             except GroupFailed as e:
                 raise EngineStartError(str(e)) from None
             self._wake_r, self._wake_w = os.pipe()
-            self._backoff.reset()
             self._install(group)
-        self._supervisor = threading.Thread(
-            target=self._supervise, name="seqserve-supervisor", daemon=True
-        )
-        self._supervisor.start()
+        self.supervisor.start()
 
     def close(self) -> None:
         """Stop the supervisor and every rank, also in the middle of a restart."""
         self._closing.set()
-        self._retry.set()
         if self._wake_w >= 0:
             with contextlib.suppress(OSError):
                 os.write(self._wake_w, b"x")
         if self.nodes is not None:
             self.nodes.close()  # ends a launch on other hosts, or the wait for their workers
-        supervisor, self._supervisor = self._supervisor, None
-        if supervisor is not None and supervisor is not threading.current_thread():
-            supervisor.join(timeout=60)
+        supervisor_done = self.supervisor.stop()
         with self._lock:
             self._state = "stopped"
             group, self._group = self._group, None
@@ -190,11 +177,20 @@ class DistributedEngine(Supervised):
             leftovers, self._groups = list(self._groups), set()
         for g in leftovers:
             g.kill()
-        if supervisor is None or not supervisor.is_alive():
+        if supervisor_done:
             for fd in (self._wake_r, self._wake_w):
                 if fd >= 0:
                     os.close(fd)
             self._wake_r, self._wake_w = -1, -1
+
+    @property
+    def restarts(self) -> int:
+        """Groups brought back by the supervisor."""
+        return self.supervisor.restarts
+
+    @property
+    def restart_attempts(self) -> deque[RestartAttempt]:
+        return self.supervisor.attempts
 
     def __enter__(self) -> DistributedEngine:
         self.start()
