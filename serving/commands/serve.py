@@ -33,22 +33,24 @@ def serve(spec: ModelSpec, settings: ServerSettings) -> int:
         return 2
     weights.check(spec)  # a bad weights file fails here, in one line, before any rank starts
     exposed = settings.host not in ("127.0.0.1", "localhost", "::1")
-    if exposed and settings.allow_shared_memory and not settings.auth_token:
-        print(
-            f"seqserve: error: --allow-shared-memory on {settings.host} needs --auth-token: "
-            "anyone who can reach this host could read and write the server user's /dev/shm",
-            file=sys.stderr,
-            flush=True,
-        )
-        return 2
-    if exposed and settings.allow_updates and not settings.auth_token:
-        print(
-            f"seqserve: error: --allow-updates on {settings.host} needs --auth-token: anyone "
-            "who can reach this host could replace the weights",
-            file=sys.stderr,
-            flush=True,
-        )
-        return 2
+    # Switches that beyond loopback would hand the host to anyone without the token.
+    risky = (
+        (
+            settings.allow_shared_memory,
+            "--allow-shared-memory",
+            "read and write the server user's /dev/shm",
+        ),
+        (settings.allow_updates, "--allow-updates", "replace the weights"),
+    )
+    for on, flag, what in risky:
+        if exposed and on and not settings.auth_token:
+            print(
+                f"seqserve: error: {flag} on {settings.host} needs --auth-token: anyone who can "
+                f"reach this host could {what}",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 2
     if exposed and not settings.auth_token:
         print(
             f"seqserve: warning: binding {settings.host} with no --auth-token: anyone who can "
