@@ -77,8 +77,8 @@ def decode(
                 return _decode_checked(_parse(body, kind), rows, limits)
             total += len(values)
     _check_total(total, limits)
-    if len(raw) == 1:
-        return Decoded([_checked(raw[0], "features", rows)], doc.instances is not msgspec.UNSET)
+    if doc.instances is msgspec.UNSET:
+        return Decoded([_checked(raw[0], "features", rows)], False)
     return Decoded([_checked(f, f"instances[{i}].features", rows) for i, f in enumerate(raw)], True)
 
 

@@ -359,13 +359,19 @@ class DistributedEngine:
                 "dispatch": self.dispatch,
                 "nnodes": self.nnodes,
                 "rank_devices": devices,
+                # Every rank, also before one is up (then with no pid): the bytes are per rank.
                 "ranks": [
-                    {"rank": r, "device": devices[r], "pid": info["pid"]}
+                    {"rank": r, "device": devices[r], "pid": info.get("pid")}
                     | {k: info[k] for k in where if k in info}
-                    for r, info in enumerate(group.info if group is not None else [])
+                    for r, info in enumerate(self._rank_info(group))
                 ],
             },
         )
+
+    def _rank_info(self, group: RankGroup | None) -> list[dict[str, Any]]:
+        """What each rank reported when ready, or nothing for a rank not up."""
+        info = group.info if group is not None else []
+        return [dict(info[r]) if r < len(info) else {} for r in range(self.world)]
 
     def _check_serving(self) -> None:
         if self._state == "restarting":
