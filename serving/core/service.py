@@ -87,6 +87,7 @@ class Service:
         # One thread runs every batch: the engine's per-thread state (torch's thread count)
         # is set once, and batches never overlap.
         self._engine_thread = ThreadPoolExecutor(1, "seqserve-engine")
+        self._inline_ids: int = getattr(engine, "inline_ids", 0)
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -129,10 +130,13 @@ class Service:
         flat = requests[0] if len(requests) == 1 else [s for r in requests for s in r]
         async with self._engine:
             version = self.version
-            loop = asyncio.get_running_loop()
-            answers, began, ended = await loop.run_in_executor(
-                self._engine_thread, self._forward, flat
-            )
+            if self._inline_ids and _ids_in(flat) <= self._inline_ids:
+                answers, began, ended = self._forward(flat)  # on the loop: see Engine
+            else:
+                loop = asyncio.get_running_loop()
+                answers, began, ended = await loop.run_in_executor(
+                    self._engine_thread, self._forward, flat
+                )
         out, at = [], 0
         for r in requests:
             out.append(Predicted(answers[at : at + len(r)], version))
@@ -199,7 +203,7 @@ class Service:
         entered = time.perf_counter_ns()
         limit = self.settings.request_timeout_s
         deadline = time.monotonic() + (limit if timeout_s is None else min(limit, timeout_s))
-        ids = sum(len(v) for s in sequences for v in s.values())
+        ids = _ids_in(sequences)
         ok = False
         try:
             future = self.batcher.enqueue(sequences, ids, deadline, size=len(sequences), gone=gone)
@@ -264,3 +268,7 @@ class Service:
         except (SpecError, EngineStartError) as e:
             raise BadUpdate(f"reload: {e}; version {self.version} keeps serving") from None
         return sum(t.num_embeddings for t in self.spec.tables), commit
+
+
+def _ids_in(sequences: list[Ids]) -> int:
+    return sum(len(v) for s in sequences for v in s.values())

@@ -38,6 +38,9 @@ class Engine(Protocol):
     spec: ModelSpec
     kind: EngineKind
     last_timings: dict[str, float]  # stage times of the last batch (seconds), for benchmarks
+    # Batches of at most this many ids are computed on the caller's thread (the event loop):
+    # for them the hand-off to a thread costs more than the lookup. 0: always hand off.
+    inline_ids: int
 
     @property
     def ready(self) -> bool: ...

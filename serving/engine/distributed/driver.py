@@ -74,6 +74,7 @@ class DistributedEngine:
         join_timeout: float = 20.0,
     ):
         self.kind: EngineKind = "distributed"
+        self.inline_ids = 0  # a batch waits on rank processes: never on the event loop
         self.spec = with_engine(spec, "distributed")
         # Across hosts (nnodes > 1) rank 0, here, takes the whole batch: the other hosts'
         # ranks have no shared memory with the driver to return rows through.

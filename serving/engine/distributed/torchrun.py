@@ -27,6 +27,7 @@ from serving.errors import SpecError
 
 class TorchrunEngine:
     kind: EngineKind = "distributed"
+    inline_ids = 0  # TorchServe calls forward on its own worker thread
 
     def __init__(self, spec: ModelSpec):
         self.spec = spec
