@@ -6,13 +6,19 @@ import argparse
 import sys
 from pathlib import Path
 
-from serving import settings as ts_defaults
 from serving.bench.options import add_flags as bench_flags
 from serving.commands.update import add_flags as update_flags
 from serving.commands.worker import add_flags as worker_flags
 from serving.config import ModelSpec
 from serving.errors import SeqServeError
-from serving.settings import BY_NAME, add_flags
+from serving.settings import (
+    BY_NAME,
+    TS_BATCH_SIZE,
+    TS_MANAGEMENT_PORT,
+    TS_MAX_BATCH_DELAY_MS,
+    TS_METRICS_PORT,
+    add_flags,
+)
 
 
 def _demo_model(args: argparse.Namespace) -> None:
@@ -99,14 +105,14 @@ def _batching_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--batch-size",
         type=int,
-        default=ts_defaults.TS_BATCH_SIZE,
-        help=f"TorchServe batchSize (default {ts_defaults.TS_BATCH_SIZE})",
+        default=TS_BATCH_SIZE,
+        help=f"TorchServe batchSize (default {TS_BATCH_SIZE})",
     )
     p.add_argument(
         "--max-batch-delay-ms",
         type=int,
-        default=ts_defaults.TS_MAX_BATCH_DELAY_MS,
-        help=f"TorchServe maxBatchDelay in ms (default {ts_defaults.TS_MAX_BATCH_DELAY_MS})",
+        default=TS_MAX_BATCH_DELAY_MS,
+        help=f"TorchServe maxBatchDelay in ms (default {TS_MAX_BATCH_DELAY_MS})",
     )
 
 
@@ -142,8 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"address for inference and metrics (default {host}; management stays on it)",
     )
     ts.add_argument("--port", type=int, default=port, help=f"inference port (default {port})")
-    ts.add_argument("--management-port", type=int, default=ts_defaults.TS_MANAGEMENT_PORT)
-    ts.add_argument("--metrics-port", type=int, default=ts_defaults.TS_METRICS_PORT)
+    ts.add_argument("--management-port", type=int, default=TS_MANAGEMENT_PORT)
+    ts.add_argument("--metrics-port", type=int, default=TS_METRICS_PORT)
     ts.add_argument(
         "--workdir",
         default="model_store/run",

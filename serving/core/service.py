@@ -76,7 +76,8 @@ class Service:
         # between two batches. FIFO, so a waiting update goes before the next batch.
         self._engine = asyncio.Lock()
         self._abandoned = False  # the server stopped before the engine was up
-        self.batcher: Batcher[list[Ids], Predicted] = Batcher(
+        # A request's item: its sequences and their ids, counted once at enqueue.
+        self.batcher: Batcher[tuple[list[Ids], int], Predicted] = Batcher(
             self._process, settings.batch, on_batch=self.metrics.on_batch
         )
         self._token = settings.auth_token.encode()
@@ -123,14 +124,14 @@ class Service:
         await asyncio.to_thread(self.engine.close)
         self._engine_thread.shutdown(wait=False)
 
-    async def _process(self, requests: list[list[Ids]]) -> list[Predicted]:
+    async def _process(self, requests: list[tuple[list[Ids], int]]) -> list[Predicted]:
         """One engine batch of every sequence of `requests`, answered per request; its
         phases timed for the statistics (serving/core/stats.py)."""
         started = time.perf_counter_ns()
-        flat = requests[0] if len(requests) == 1 else [s for r in requests for s in r]
+        flat = requests[0][0] if len(requests) == 1 else [s for r, _ in requests for s in r]
         async with self._engine:
             version = self.version
-            if self._inline_ids and _ids_in(flat) <= self._inline_ids:
+            if self._inline_ids and sum(n for _, n in requests) <= self._inline_ids:
                 answers, began, ended = self._forward(flat)  # on the loop: see Engine
             else:
                 loop = asyncio.get_running_loop()
@@ -138,7 +139,7 @@ class Service:
                     self._engine_thread, self._forward, flat
                 )
         out, at = [], 0
-        for r in requests:
+        for r, _ in requests:
             out.append(Predicted(answers[at : at + len(r)], version))
             at += len(r)
         done = time.perf_counter_ns()
@@ -203,10 +204,12 @@ class Service:
         entered = time.perf_counter_ns()
         limit = self.settings.request_timeout_s
         deadline = time.monotonic() + (limit if timeout_s is None else min(limit, timeout_s))
-        ids = _ids_in(sequences)
+        ids = sum(len(v) for s in sequences for v in s.values())
         ok = False
         try:
-            future = self.batcher.enqueue(sequences, ids, deadline, size=len(sequences), gone=gone)
+            future = self.batcher.enqueue(
+                (sequences, ids), ids, deadline, size=len(sequences), gone=gone
+            )
             predicted = await future
             ok = True
             return predicted
@@ -268,7 +271,3 @@ class Service:
         except (SpecError, EngineStartError) as e:
             raise BadUpdate(f"reload: {e}; version {self.version} keeps serving") from None
         return sum(t.num_embeddings for t in self.spec.tables), commit
-
-
-def _ids_in(sequences: list[Ids]) -> int:
-    return sum(len(v) for s in sequences for v in s.values())

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from serving.errors import InvalidInput, PayloadTooLarge, SeqServeError
-from serving.fronts import v2_rest
+from serving.fronts import v2_body
 from serving.fronts.shm import SharedMemory
 from serving.fronts.v2 import Tensor, inference, rows, selected
 from serving.settings import defaults
@@ -153,8 +153,8 @@ def test_the_typed_header_decoder_answers_as_the_checks_would(doc: Any, rest: by
     head = json.dumps(doc).encode()
     headers = {b"content-type": b"application/octet-stream"}
     if rest:
-        headers[v2_rest.HEADER_LENGTH] = str(len(head)).encode()
+        headers[v2_body.HEADER_LENGTH] = str(len(head)).encode()
     shm = SharedMemory(False)
-    fast = rest_outcome(lambda: v2_rest._decode(head + rest, headers, shm))
-    slow = rest_outcome(lambda: v2_rest._checked_request(head, rest, shm))
+    fast = rest_outcome(lambda: v2_body.decode(head + rest, headers, shm))
+    slow = rest_outcome(lambda: v2_body._checked_request(head, rest, shm))
     assert fast == slow
