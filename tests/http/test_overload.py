@@ -18,8 +18,9 @@ BURST = 400
 
 
 def test_a_burst_gets_quick_503s_and_the_server_recovers(model_path: Path) -> None:
-    # A small queue, so a burst of 400 multi-sequence requests is far above capacity.
-    s = Server(model_path, "--max-queue", "16", "--max-batch-size", "8")
+    # A queue of one request (4 sequences), so a burst of 400 of them from 64 clients is far
+    # above capacity however fast the server answers.
+    s = Server(model_path, "--max-queue", "4", "--max-batch-size", "4")
     try:
         s.wait_ready()
         rng = np.random.default_rng(2)
