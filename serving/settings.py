@@ -76,6 +76,13 @@ OPTIONS = (
     Option(
         "port", int, 8080, "HTTP port: the native API and the Open Inference Protocol REST", least=0
     ),
+    Option(
+        "workers",
+        int,
+        1,
+        "front processes serving HTTP and gRPC on the same ports over one engine process "
+        "(1: one process does everything)",
+    ),
     Option("grpc_port", int, 8081, "Open Inference Protocol gRPC port, bound on --host", least=0),
     Option(
         "max_batch_size", int, 64, "sequences per batch, at most (a request with more goes alone)"
@@ -226,6 +233,7 @@ class ServerSettings:
     host: str
     port: int
     grpc_port: int
+    workers: int
     request_timeout_s: float
     read_timeout_s: float
     max_connections: int
@@ -245,6 +253,11 @@ class ServerSettings:
     allow_shared_memory: bool
     limits: Limits
     batch: BatchSettings
+
+    @property
+    def front_connections(self) -> int:
+        """Each front process's share of --max-connections (the bound is the host's)."""
+        return -(-self.max_connections // self.workers)
 
     @classmethod
     def of(cls, values: Mapping[str, Any]) -> ServerSettings:

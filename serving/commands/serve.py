@@ -10,20 +10,14 @@ import sys
 import uvicorn
 
 from serving.config import ModelSpec
+from serving.core import metrics
+from serving.core.service import Service
 from serving.engine import weights
-from serving.engine.factory import create
+from serving.engine.factory import for_settings
 from serving.fronts.app import create_app
 from serving.fronts.connections import http_protocol
 from serving.fronts.server import banner, open_files_for, ports_taken
 from serving.settings import ServerSettings
-
-# The routes that answer predictions, as the metrics name them, and how the summary names
-# their statuses.
-PREDICTION_ROUTES = {
-    "/predictions/{model}": "",
-    "/v2/models/{model}/infer": "",
-    "grpc/ModelInfer": "grpc.",
-}
 
 
 def serve(spec: ModelSpec, settings: ServerSettings) -> int:
@@ -31,7 +25,6 @@ def serve(spec: ModelSpec, settings: ServerSettings) -> int:
     if taken:
         print(f"seqserve: error: {taken}", file=sys.stderr, flush=True)
         return 2
-    weights.check(spec)  # a bad weights file fails here, in one line, before any rank starts
     exposed = settings.host not in ("127.0.0.1", "localhost", "::1")
     # Switches that beyond loopback would hand the host to anyone without the token.
     risky = (
@@ -58,18 +51,12 @@ def serve(spec: ModelSpec, settings: ServerSettings) -> int:
             file=sys.stderr,
             flush=True,
         )
-    # A hung rank must be noticed well within a request's deadline, so its callers get a 503.
-    engine = create(
-        spec,
-        settings.engine,
-        dispatch=settings.dispatch,
-        batch_timeout=min(settings.rank_timeout_s, settings.request_timeout_s),
-        nnodes=settings.nnodes,
-        master=(settings.host, settings.master_port),
-        cluster_key=settings.cluster_key,
-        cluster_interface=settings.cluster_interface,
-        join_timeout=settings.join_timeout_s,
-    )
+    weights.check(spec)  # a bad weights file fails here, in one line, before any rank starts
+    if settings.workers > 1:
+        from serving.commands.host import run_host
+
+        return run_host(spec, settings)
+    engine = for_settings(spec, settings)
     exit_code = 0
 
     def on_ready() -> None:
@@ -87,7 +74,7 @@ def serve(spec: ModelSpec, settings: ServerSettings) -> int:
         server.should_exit = True
 
     open_files_for(settings.max_connections)
-    app = create_app(settings, engine, on_ready=on_ready, on_fatal=on_fatal)
+    app = create_app(Service(settings, engine), on_ready=on_ready, on_fatal=on_fatal)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -112,12 +99,5 @@ def serve(spec: ModelSpec, settings: ServerSettings) -> int:
         flush=True,
     )
     server.run()
-    # What was answered, for whoever checks that a shutdown lost nothing (and for the logs):
-    # native and v2 REST predictions by HTTP status, v2 gRPC ones by code.
-    answered: dict[str, int] = {}
-    for route, prefix in PREDICTION_ROUTES.items():
-        for status, n in app.service.metrics.answered(route).items():
-            answered[prefix + status] = answered.get(prefix + status, 0) + n
-    by_status = " ".join(f"{k}:{v}" for k, v in sorted(answered.items())) or "none"
-    print(f"seqserve: stopped; predictions answered by status: {by_status}", flush=True)
+    print(metrics.summary(app.service.metrics.snapshot()), flush=True)
     return exit_code

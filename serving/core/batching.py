@@ -40,6 +40,7 @@ class _Pending(Generic[T, R]):
     gone: Callable[[], bool] | None  # True once the client has left
     future: asyncio.Future[R]
     arrived: float  # the loop's time at enqueue
+    requests: int  # the requests it stands for (a front process's flush: several)
 
 
 class Batcher(Generic[T, R]):
@@ -81,6 +82,7 @@ class Batcher(Generic[T, R]):
         *,
         size: int = 1,
         gone: Callable[[], bool] | None = None,
+        requests: int = 1,
     ) -> asyncio.Future[R]:
         """Queue `item`; its result comes in the future (Gone if `gone()` turned true before
         its batch ran). Cancelling the future drops the item if its batch has not started."""
@@ -91,7 +93,8 @@ class Batcher(Generic[T, R]):
             raise QueueFull(f"batch queue is full ({limit} sequences waiting, at most)")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
-        self._waiting.append(_Pending(item, cost, size, deadline, gone, future, loop.time()))
+        pending = _Pending(item, cost, size, deadline, gone, future, loop.time(), requests)
+        self._waiting.append(pending)
         self._queued += size
         self._wakeup.set()
         return future
@@ -201,8 +204,8 @@ class Batcher(Generic[T, R]):
                     pending.future.set_result(result)
         if self._on_batch is not None:
             try:
-                queued = sum(started - p.arrived for p in batch)
+                queued = sum((started - p.arrived) * p.requests for p in batch)
                 size, cost = sum(p.size for p in batch), sum(p.cost for p in batch)
-                self._on_batch(size, cost, len(batch), queued)
+                self._on_batch(size, cost, sum(p.requests for p in batch), queued)
             except Exception:  # a metrics bug must not take serving down
                 log.exception("on_batch callback failed")

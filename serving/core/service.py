@@ -1,86 +1,50 @@
-"""The protocol-neutral service every front calls: the model served, its limits, admission,
-the version of its weights, `predict`, and `change` (weight updates, docs/updates.md).
-
-A front (native HTTP, Open Inference Protocol REST or gRPC) calls `admit` (token, model and
-version, readiness: in that order), reads its body, turns it into sequences (feature -> int64
-ids, range-checked by `serving.fronts.ids`) and the answers back into its protocol; errors are
-`SeqServeError`s, each front renders them in one place.
+"""The host of a front whose engine runs in its own process (`--workers 1`, tests, embedding):
+the batcher, the engine, versions and updates (the contract every front sees: host.py).
 
 One version per answer: a request is one batcher item, so all its sequences run in one batch,
 and an update commits between two batches (the engine lock), so every row of every answer
-comes from one version of the weights.
+comes from one version of the weights. The engine process of a `--workers N` host runs this
+same service under the fronts' flushes (serving/core/engine_server.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from serving.core import updates
 from serving.core.batching import Batcher, Gone
-from serving.core.metrics import Metrics
+from serving.core.host import Changed, Host, Predicted, Totals
+from serving.core.watch import watch
 from serving.engine.base import Answer, Commit, Engine, Ids
-from serving.errors import (
-    BadUpdate,
-    EngineStartError,
-    EngineUnavailable,
-    SpecError,
-    Unauthorized,
-    UnknownModel,
-    UnsupportedMediaType,
-    UpdatesDisabled,
-)
+from serving.errors import BadUpdate, EngineStartError, SpecError
 from serving.settings import ServerSettings
 
 log = logging.getLogger("seqserve")
 
-DELTA = "application/octet-stream"  # a safetensors row delta
-RELOAD = "application/json"  # {"safetensors": PATH} or {"dcp": PATH}
+# A request's item: its sequences, their ids (counted once, at enqueue) and how many requests
+# it stands for (a front process's flush stands for several).
+Item = tuple[list[Ids], int, int]
 
 
-@dataclass(frozen=True)
-class Predicted:
-    answers: list[Answer]  # one per sequence, in order
-    version: int  # of the weights every row of every answer came from
-
-
-@dataclass(frozen=True)
-class Changed:
-    version: int
-    rows: int  # rows replaced (a reload: every row of every table)
-
-
-class Service:
+class Service(Host):
     def __init__(self, settings: ServerSettings, engine: Engine):
-        self.settings = settings
-        self.limits = settings.limits
+        super().__init__(settings, engine.spec)
         self.engine = engine
-        self.spec = engine.spec
-        self.version = 1  # of the weights served; docs/updates.md counts updates from here
-        self.rows = {f: t.num_embeddings for f, t in self.spec.table_of().items()}
-        self.metrics = Metrics(
-            queue_depth=lambda: self.batcher.queue_depth,
-            ranks_ready=lambda: float(self.spec.sharding.world_size if engine.ready else 0),
-            version=lambda: float(self.version),
-        )
         self._changing = asyncio.Lock()  # one update at a time, from preparing to committing
         # Held by a batch while it computes and by an update while it commits: commits land
         # between two batches. FIFO, so a waiting update goes before the next batch.
         self._engine = asyncio.Lock()
         self._abandoned = False  # the server stopped before the engine was up
-        # A request's item: its sequences and their ids, counted once at enqueue.
-        self.batcher: Batcher[tuple[list[Ids], int], Predicted] = Batcher(
+        self.batcher: Batcher[Item, Predicted] = Batcher(
             self._process, settings.batch, on_batch=self.metrics.on_batch
         )
-        self._token = settings.auth_token.encode()
         # Where a full reload may read (resolved once: the rule compares resolved paths).
         self.reload_roots = [
             Path(r).resolve() for r in settings.reload_roots.split(os.pathsep) if r
@@ -89,6 +53,7 @@ class Service:
         # is set once, and batches never overlap.
         self._engine_thread = ThreadPoolExecutor(1, "seqserve-engine")
         self._inline_ids: int = getattr(engine, "inline_ids", 0)
+        self._watcher: asyncio.Task[None] | None = None  # --updates-dir
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -99,6 +64,9 @@ class Service:
     ) -> None:
         """Start the batcher, then the engine (ranks load and warm; minutes for big tables)."""
         self.batcher.start()
+        if self.settings.updates_dir:
+            folder = Path(self.settings.updates_dir)
+            self._watcher = asyncio.get_running_loop().create_task(watch(self, folder))
         try:
             await asyncio.to_thread(self.engine.start)
         except BaseException as e:  # the ranks' traceback is in the message
@@ -120,18 +88,20 @@ class Service:
 
     async def stop(self) -> None:
         """Answer what is queued, then close the engine."""
+        if self._watcher is not None:
+            self._watcher.cancel()
         await self.batcher.stop(drain=True)
         await asyncio.to_thread(self.engine.close)
         self._engine_thread.shutdown(wait=False)
 
-    async def _process(self, requests: list[tuple[list[Ids], int]]) -> list[Predicted]:
+    async def _process(self, requests: list[Item]) -> list[Predicted]:
         """One engine batch of every sequence of `requests`, answered per request; its
         phases timed for the statistics (serving/core/stats.py)."""
         started = time.perf_counter_ns()
-        flat = requests[0][0] if len(requests) == 1 else [s for r, _ in requests for s in r]
+        flat = requests[0][0] if len(requests) == 1 else [s for r, _, _ in requests for s in r]
         async with self._engine:
             version = self.version
-            if self._inline_ids and sum(n for _, n in requests) <= self._inline_ids:
+            if self._inline_ids and sum(n for _, n, _ in requests) <= self._inline_ids:
                 answers, began, ended = self._forward(flat)  # on the loop: see Engine
             else:
                 loop = asyncio.get_running_loop()
@@ -139,11 +109,12 @@ class Service:
                     self._engine_thread, self._forward, flat
                 )
         out, at = [], 0
-        for r, _ in requests:
+        for r, _, _ in requests:
             out.append(Predicted(answers[at : at + len(r)], version))
             at += len(r)
         done = time.perf_counter_ns()
-        self.metrics.stats.computed(len(requests), began - started, ended - began, done - ended)
+        weight = sum(n for _, _, n in requests)
+        self.metrics.stats.computed(weight, began - started, ended - began, done - ended)
         return out
 
     def _forward(self, flat: list[Ids]) -> tuple[list[Answer], int, int]:
@@ -152,43 +123,9 @@ class Service:
         answers = self.engine.forward(flat)
         return answers, began, time.perf_counter_ns()
 
-    # -- checks every front makes, in this order ------------------------------------------
-
     @property
     def ready(self) -> bool:
         return self.engine.ready
-
-    def authorize(self, authorization: str | bytes | None) -> None:
-        """An `Authorization: Bearer <token>` value carrying the server's token, if it has one."""
-        if not self._token:
-            return
-        raw = authorization.encode() if isinstance(authorization, str) else authorization or b""
-        scheme, _, given = raw.partition(b" ")
-        # compare_digest: the time taken says nothing about how much of the token matched.
-        if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), self._token):
-            raise Unauthorized("a valid 'Authorization: Bearer <token>' header is required")
-
-    def admit(self, authorization: str | bytes | None, model: str, version: str = "") -> None:
-        """The checks before a request's body is read, in the one order every front uses:
-        the token, the model and version named, readiness."""
-        self.authorize(authorization)
-        self.check_model(model, version)
-        self.check_ready()
-
-    def check_model(self, name: str, version: str = "") -> None:
-        """The model (and, if given, the version) named is the one served here."""
-        if name != self.spec.name:
-            raise UnknownModel(
-                f"model '{name}' is not served here; this server serves '{self.spec.name}'"
-            )
-        if version and version != str(self.version):
-            raise UnknownModel(
-                f"model '{name}' version '{version}' is not served; version {self.version} is"
-            )
-
-    def check_ready(self) -> None:
-        if not self.engine.ready:
-            raise EngineUnavailable("the model is not ready: ranks are starting or restarting")
 
     # -- the one way to compute -----------------------------------------------------------
 
@@ -204,13 +141,9 @@ class Service:
         entered = time.perf_counter_ns()
         limit = self.settings.request_timeout_s
         deadline = time.monotonic() + (limit if timeout_s is None else min(limit, timeout_s))
-        ids = sum(len(v) for s in sequences for v in s.values())
         ok = False
         try:
-            future = self.batcher.enqueue(
-                (sequences, ids), ids, deadline, size=len(sequences), gone=gone
-            )
-            predicted = await future
+            predicted = await self.submit(sequences, deadline, gone)
             ok = True
             return predicted
         except Gone:
@@ -218,17 +151,43 @@ class Service:
         finally:
             self.metrics.stats.answered(ok, time.perf_counter_ns() - entered)
 
-    def describe(self) -> dict[str, Any]:
+    def submit(
+        self,
+        sequences: list[Ids],
+        deadline: float,
+        gone: Callable[[], bool] | None = None,
+        requests: int = 1,
+    ) -> asyncio.Future[Predicted]:
+        """Queue `sequences` as one item standing for `requests` requests (QueueFull if the
+        queue is at its bound); the future has their rows."""
+        ids = sum(len(v) for s in sequences for v in s.values())
+        item = (sequences, ids, requests)
+        return self.batcher.enqueue(
+            item, ids, deadline, size=len(sequences), gone=gone, requests=requests
+        )
+
+    async def describe(self) -> dict[str, Any]:
         """/models/{model}: the engine's account of its ranks and shards, and the version."""
-        return {**self.engine.describe(), "version": self.version}
+        return {**self.engine.describe(), "version": self.version, "processes": [self.process()]}
+
+    def process(self) -> dict[str, Any]:
+        return {"kind": "engine" if self.settings.workers > 1 else "server", "pid": os.getpid()}
+
+    def gauges(self) -> dict[str, float]:
+        ready = self.engine.ready
+        return {
+            "queue_depth": float(self.batcher.queue_depth),
+            "ranks_ready": float(self.spec.sharding.world_size if ready else 0),
+            "version": float(self.version),
+        }
+
+    async def totals(self) -> Totals:
+        return Totals(self.metrics.snapshot(), self.gauges())
 
     # -- weight updates -------------------------------------------------------------------
 
     async def change(self, body: bytes, kind: str, source: str = "http") -> Changed:
-        """Apply a row delta (`kind` "delta": safetensors) or a full reload ("reload": JSON
-        naming a path on the server); `kind` from change_kind, checked before the body is read.
-
-        Everything is checked, and a reload loaded beside the served weights, while requests
+        """Everything is checked, and a reload loaded beside the served weights, while requests
         go on; then the change is committed between two batches (the batch in flight
         finishes first, the next waits) and the version moves. A rejected update
         (BadUpdate, 400) changes nothing."""
@@ -246,20 +205,6 @@ class Service:
         self.metrics.on_update(kind, "applied", rows)
         log.info("weights version %d: %s of %d rows (%s)", version, kind, rows, source)
         return Changed(version, rows)
-
-    def change_kind(self, content_type: str, source: str = "http") -> str:
-        """ "delta" or "reload", or why this change is refused before its body is read."""
-        if source == "http" and not self.settings.allow_updates:
-            raise UpdatesDisabled(
-                "weight updates are off: start the server with --allow-updates to accept them"
-            )
-        media = content_type.split(";", 1)[0].strip().lower()
-        if media not in (DELTA, RELOAD):
-            raise UnsupportedMediaType(
-                f"content type '{media}': send {DELTA} (a safetensors row delta) or {RELOAD} "
-                '({"safetensors": PATH} or {"dcp": PATH})'
-            )
-        return "delta" if media == DELTA else "reload"
 
     def _prepare(self, kind: str, body: bytes) -> tuple[int, Commit]:
         if kind == "delta":

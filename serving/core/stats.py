@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 PHASES = ("compute_input", "compute_infer", "compute_output")
+_TIMED = ("success", "fail", "queue", *PHASES)
 
 
 @dataclass
@@ -90,6 +92,45 @@ class Stats:
             own: Duration = getattr(batch, name)
             own.count += 1
             own.ns += ns
+
+    # -- across processes: a host's fronts count requests, its engine batches -------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """Plain values: {name: [count, ns]}, executions, last_inference_ms, batches."""
+        out: dict[str, Any] = {n: [getattr(self, n).count, getattr(self, n).ns] for n in _TIMED}
+        out["executions"] = self.executions
+        out["last_inference_ms"] = self.last_inference_ms
+        out["batches"] = {
+            str(size): [[getattr(b, p).count, getattr(b, p).ns] for p in PHASES]
+            for size, b in self.batches.items()
+        }
+        return out
+
+    @classmethod
+    def of(cls, snapshot: dict[str, Any]) -> Stats:
+        stats = cls()
+        for n in _TIMED:
+            setattr(stats, n, Duration(*snapshot[n]))
+        stats.executions = snapshot["executions"]
+        stats.last_inference_ms = snapshot["last_inference_ms"]
+        for size, phases in snapshot["batches"].items():
+            stats.batches[int(size)] = BatchPhases(*(Duration(*d) for d in phases))
+        return stats
+
+    @staticmethod
+    def add(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        """The sum of two snapshots (the latest last_inference_ms)."""
+        out: dict[str, Any] = {n: [x + y for x, y in zip(a[n], b[n], strict=True)] for n in _TIMED}
+        out["executions"] = a["executions"] + b["executions"]
+        out["last_inference_ms"] = max(a["last_inference_ms"], b["last_inference_ms"])
+        batches = {k: [list(d) for d in v] for k, v in a["batches"].items()}
+        for size, phases in b["batches"].items():
+            mine = batches.setdefault(size, [[0, 0] for _ in PHASES])
+            for d, (count, ns) in zip(mine, phases, strict=True):
+                d[0] += count
+                d[1] += ns
+        out["batches"] = batches
+        return out
 
     def doc(self, name: str, version: str) -> dict[str, object]:
         """Triton's ModelStatistics, as its JSON (and, through json_format, its message)."""

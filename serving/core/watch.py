@@ -13,7 +13,7 @@ import asyncio
 import logging
 from pathlib import Path
 
-from serving.core.service import Service
+from serving.core.host import Host
 from serving.errors import BadUpdate, EngineUnavailable
 
 log = logging.getLogger("seqserve")
@@ -21,7 +21,7 @@ log = logging.getLogger("seqserve")
 POLL_S = 0.5  # how often the folder is listed
 
 
-async def watch(service: Service, folder: Path) -> None:
+async def watch(service: Host, folder: Path) -> None:
     applied, rejected = folder / "applied", folder / "rejected"
     for d in (folder, applied, rejected):
         d.mkdir(parents=True, exist_ok=True)
@@ -32,7 +32,7 @@ async def watch(service: Service, folder: Path) -> None:
         await asyncio.sleep(POLL_S)
 
 
-async def apply_file(service: Service, path: Path, applied: Path, rejected: Path) -> bool:
+async def apply_file(service: Host, path: Path, applied: Path, rejected: Path) -> bool:
     """Apply one file and move it; False if the server cannot take updates right now."""
     try:
         body = await asyncio.to_thread(path.read_bytes)

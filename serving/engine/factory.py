@@ -5,6 +5,23 @@ from __future__ import annotations
 from serving.config import ModelSpec
 from serving.engine.base import Engine
 from serving.errors import SpecError
+from serving.settings import ServerSettings
+
+
+def for_settings(spec: ModelSpec, settings: ServerSettings) -> Engine:
+    """The engine `seqserve serve` runs."""
+    # A hung rank must be noticed well within a request's deadline, so its callers get a 503.
+    return create(
+        spec,
+        settings.engine,
+        dispatch=settings.dispatch,
+        batch_timeout=min(settings.rank_timeout_s, settings.request_timeout_s),
+        nnodes=settings.nnodes,
+        master=(settings.host, settings.master_port),
+        cluster_key=settings.cluster_key,
+        cluster_interface=settings.cluster_interface,
+        join_timeout=settings.join_timeout_s,
+    )
 
 
 def create(

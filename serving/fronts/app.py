@@ -19,7 +19,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib import metadata
-from pathlib import Path as FilePath
 from typing import Any
 
 from fastapi import Depends, FastAPI, Path, Request, Response
@@ -29,15 +28,13 @@ from fastapi.responses import HTMLResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from fastapi.telemetry import TelemetryConfig
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.config import ModelSpec
-from serving.core.metrics import Metrics
-from serving.core.service import Service
-from serving.core.watch import watch
-from serving.engine.base import Engine
+from serving.core.host import Host
+from serving.core.metrics import Metrics, exposition
 from serving.errors import PayloadTooLarge, SeqServeError
 from serving.fronts import codec, native, v2_grpc
 from serving.fronts.asgi import Reply
@@ -46,7 +43,6 @@ from serving.fronts.schemas import error_responses, predict_openapi, weights_ope
 from serving.fronts.shm import SharedMemory
 from serving.fronts.v2_openapi import v2_paths
 from serving.fronts.v2_rest import V2Rest, is_v2
-from serving.settings import ServerSettings
 
 log = logging.getLogger("seqserve")
 
@@ -62,7 +58,7 @@ def response(reply: Reply) -> Response:
 class Front:
     """The ASGI app: the hot routes here, every other path (and the lifespan) to FastAPI."""
 
-    def __init__(self, app: FastAPI, service: Service, shm: SharedMemory | None = None):
+    def __init__(self, app: FastAPI, service: Host, shm: SharedMemory | None = None):
         self.app = app
         self.service = service
         self.predictions = Predictions(service)
@@ -80,16 +76,15 @@ class Front:
 
 
 def create_app(
-    settings: ServerSettings,
-    engine: Engine,
+    service: Host,
     *,
     on_ready: Callable[[], None] | None = None,
     on_fatal: Callable[[BaseException], None] | None = None,
 ) -> Front:
-    """The HTTP server of one service: native routes, the Open Inference Protocol over REST
+    """The HTTP server of one host: native routes, the Open Inference Protocol over REST
     here and over gRPC on --grpc-port (started and stopped with the app)."""
-    service = Service(settings, engine)
-    spec = engine.spec
+    settings = service.settings
+    spec = service.spec
     shm = SharedMemory(settings.allow_shared_memory)  # Triton's regions, for REST and gRPC
 
     # The schema names the one model served, so clients and fuzzers know the valid {model}.
@@ -110,16 +105,9 @@ def create_app(
             yield
             return
         starting = asyncio.create_task(service.start(on_ready, on_fatal))
-        watcher = (
-            asyncio.create_task(watch(service, FilePath(settings.updates_dir)))
-            if settings.updates_dir
-            else None
-        )
         try:
             yield
         finally:
-            if watcher is not None:
-                watcher.cancel()
             # Uvicorn has stopped accepting and answered what was in flight; gRPC does the
             # same within the request timeout, then the queue is drained.
             await grpc_server.stop(settings.request_timeout_s)
@@ -171,14 +159,14 @@ def create_app(
 
     @app.get("/ping", responses=error_responses(503) | {200: {"description": "healthy"}})
     async def ping() -> Response:
-        healthy = engine.ready
+        healthy = service.ready
         body = b'{"status":"Healthy"}' if healthy else b'{"status":"Unhealthy"}'
         return Response(body, status_code=200 if healthy else 503, media_type=codec.JSON)
 
     @app.get("/models/{model}", dependencies=guarded, responses=error_responses(401, 404))
     async def describe(model: str = model_param) -> dict[str, Any]:
         service.check_model(model)
-        return service.describe()
+        return await service.describe()
 
     @app.post(
         "/models/{model}/weights",
@@ -198,7 +186,8 @@ def create_app(
 
     @app.get("/metrics", response_class=Response)
     async def prometheus() -> Response:
-        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        totals = await service.totals()
+        return Response(exposition(totals.snapshot, totals.gauges), media_type=CONTENT_TYPE_LATEST)
 
     return Front(app, service, shm)
 

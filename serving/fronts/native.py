@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from starlette.types import Receive, Scope, Send
 
-from serving.core.service import Service
+from serving.core.host import Host
 from serving.errors import SeqServeError, http_status
 from serving.fronts import codec
 from serving.fronts.asgi import Reply, error_headers, gone_of, headers_of, read_body, respond, text
@@ -44,7 +44,7 @@ def model_of(path: str) -> str:
 class Predictions:
     """Answers POST /predictions/{model}; `serving.fronts.app.Front` routes here."""
 
-    def __init__(self, service: Service):
+    def __init__(self, service: Host):
         self.service = service
         self.retry_after = service.settings.batch.retry_after_s
 

@@ -22,10 +22,11 @@ def example_body(spec: ModelSpec) -> dict[str, object]:
 
 def banner(spec: ModelSpec, settings: ServerSettings, engine: str) -> str:
     url = f"http://{settings.host}:{settings.port}"
+    fronts = f", {settings.workers} front processes" if settings.workers > 1 else ""
     body = json.dumps(example_body(spec))
     return (
         f"seqserve: model '{spec.name}' ready on {url} "
-        f"({spec.sharding.world_size} ranks, {engine} engine)\n"
+        f"({spec.sharding.world_size} ranks, {engine} engine{fronts})\n"
         f"  curl -s -X POST {url}/predictions/{spec.name} "
         f"-H 'Content-Type: application/json' -d '{body}'\n"
         f"  health {url}/ping   spec {url}/models/{spec.name}   metrics {url}/metrics   "
@@ -44,6 +45,21 @@ def open_files_for(connections: int) -> None:
     if soft != resource.RLIM_INFINITY and soft < want:
         top = want if hard == resource.RLIM_INFINITY else min(want, hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (top, hard))
+
+
+def shared_listener(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port that the host's other front processes bind too
+    (SO_REUSEPORT: the kernel spreads new connections over them by their address hash)."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(address)
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
 
 
 def ports_taken(settings: ServerSettings) -> str | None:

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
-from serving.core.service import Service
+from serving.core.host import Host
 from serving.errors import InvalidInput, NotSupported, SeqServeError, http_status
 from serving.fronts import v2, v2_tools
 from serving.fronts.proto import grpc_service_pb2 as pb
@@ -35,7 +35,7 @@ Reply = TypeVar("Reply")
 
 
 class Servicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, service: Service, server_version: str, shm: SharedMemory | None = None):
+    def __init__(self, service: Host, server_version: str, shm: SharedMemory | None = None):
         self.service = service
         self.server_version = server_version
         self.shm = shm or SharedMemory(False)
@@ -163,14 +163,15 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         return await self._tool("ModelConfig", context, compute)
 
     async def ModelStatistics(self, request: Any, context: Any) -> pb.ModelStatisticsResponse:
-        def compute() -> pb.ModelStatisticsResponse:
+        async def compute() -> pb.ModelStatisticsResponse:
             service = self.service
+            self._authorize(context)
             if request.name or request.version:
                 service.check_model(request.name, request.version)
-            doc = v2_tools.statistics(service.spec, service.version, service.metrics.stats)
+            doc = await v2_tools.statistics(service)
             return v2_tools.as_message(doc, pb.ModelStatisticsResponse())
 
-        return await self._tool("ModelStatistics", context, compute)
+        return await self._call("ModelStatistics", context, compute)
 
     async def RepositoryIndex(self, request: Any, context: Any) -> pb.RepositoryIndexResponse:
         def compute() -> pb.RepositoryIndexResponse:
@@ -256,7 +257,7 @@ def _plain(params: Any) -> dict[str, Any]:
 
 
 async def start(
-    service: Service, host: str, port: int, server_version: str, shm: SharedMemory | None = None
+    service: Host, host: str, port: int, server_version: str, shm: SharedMemory | None = None
 ) -> grpc.aio.Server:
     """Serve on host:port; raises OSError naming the address if it cannot be bound."""
     limits = service.limits
@@ -265,9 +266,11 @@ async def start(
             # A message over the body limit is refused by gRPC itself: RESOURCE_EXHAUSTED.
             ("grpc.max_receive_message_length", limits.max_body_bytes),
             ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0),  # a port in use is an error, not a shared listener
+            # A port in use is an error, not a shared listener; a host's front processes
+            # share theirs (their parent checked it was free).
+            ("grpc.so_reuseport", 1 if service.settings.workers > 1 else 0),
         ],
-        maximum_concurrent_rpcs=service.settings.max_connections,
+        maximum_concurrent_rpcs=service.settings.front_connections,
     )
     servicer = Servicer(service, server_version, shm)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)

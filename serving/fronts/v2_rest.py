@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from serving.core.service import Service
+from serving.core.host import Host
 from serving.errors import (
     NotSupported,
     SeqServeError,
@@ -54,7 +54,7 @@ def is_v2(path: str) -> bool:
 class V2Rest:
     """Answers every path under /v2; `serving.fronts.app.Front` routes here."""
 
-    def __init__(self, service: Service, server_version: str, shm: SharedMemory | None = None):
+    def __init__(self, service: Host, server_version: str, shm: SharedMemory | None = None):
         self.service = service
         self.server_version = server_version
         self.retry_after = service.settings.batch.retry_after_s
@@ -125,7 +125,7 @@ class V2Rest:
         if route == "/v2":
             return ok(v2.server_metadata(self.server_version, shm.enabled))
         if route == "/v2/models/stats":
-            return ok(v2_tools.statistics(service.spec, service.version, service.metrics.stats))
+            return ok(await v2_tools.statistics(service))
         if route == "/v2/repository/index":
             body = await read_body(receive, headers.get(b"content-length"), 4096)
             only_ready = (
@@ -151,7 +151,7 @@ class V2Rest:
         if route == "/v2/models/{model}/config":
             return ok(v2_tools.model_config(service.spec))
         assert route == "/v2/models/{model}/stats", route
-        return ok(v2_tools.statistics(service.spec, service.version, service.metrics.stats))
+        return ok(await v2_tools.statistics(service))
 
     async def shared_memory(
         self, route: str, receive: Receive, headers: dict[bytes, bytes], name: str

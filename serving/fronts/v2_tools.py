@@ -15,6 +15,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from serving.config import ModelSpec
+from serving.core.host import Host
 from serving.core.stats import Stats
 from serving.fronts.v2 import LENGTHS, PLATFORM
 
@@ -78,9 +79,10 @@ def repository_index(spec: ModelSpec, version: int, ready: bool, only_ready: boo
     return [entry]
 
 
-def statistics(spec: ModelSpec, version: int, stats: Stats) -> dict[str, Any]:
-    """Triton's statistics response: the one model's counters."""
-    return {"model_stats": [stats.doc(spec.name, str(version))]}
+async def statistics(service: Host) -> dict[str, Any]:
+    """Triton's statistics response: the one model's counters, the host's totals."""
+    stats = Stats.of((await service.totals()).snapshot["stats"])
+    return {"model_stats": [stats.doc(service.spec.name, str(service.version))]}
 
 
 def as_message(doc: dict[str, Any], message: M) -> M:

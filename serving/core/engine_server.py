@@ -1,0 +1,193 @@
+"""The engine process's side of a `--workers N` host: one ZMQ ROUTER socket that every front
+process talks to (serving/core/wire.py), over the one `Service` of the host.
+
+A front's flush becomes one batcher item standing for its requests, so flushes from every front
+batch together, one version per answer still holds (an update commits between two batches),
+and the queue bound answers QueueFull for the whole host. Fronts say they are alive every
+HEARTBEAT_S with their counters; /metrics asks every live front for fresh ones (REPORT), and a
+front that died keeps its last counters in the totals, so they never go back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from serving.core import metrics, wire
+from serving.core.channel import HIGH_WATER, Channel
+from serving.core.host import Totals
+from serving.core.service import Service
+from serving.engine.base import Ids
+from serving.errors import SeqServeError
+
+log = logging.getLogger("seqserve")
+
+HEARTBEAT_S = 0.2  # a front's heartbeat period
+LOST_S = 2.0  # a front (or the engine) not heard from this long is gone
+GATHER_S = 0.5  # how long /metrics waits for the live fronts' counters
+
+
+@dataclass
+class FrontRecord:
+    pid: int
+    index: int
+    seen: float  # time.monotonic() of its last message
+    snapshot: metrics.Snapshot = field(default_factory=lambda: metrics.Metrics().snapshot())
+
+
+@dataclass
+class _Gather:
+    waiting: set[bytes]
+    done: asyncio.Future[None]
+
+
+class EngineServer:
+    def __init__(self, service: Service, endpoint: str):
+        self.service = service
+        self.endpoint = endpoint
+        self.layout = wire.Layout.of(service.spec)
+        self.fronts: dict[bytes, FrontRecord] = {}
+        self._gathers: dict[int, _Gather] = {}
+        self._ids = itertools.count(1)
+        self._calls: dict[str, Callable[..., Any]] = {
+            "state": self._state,
+            "describe": self._describe,
+            "change": self._change,
+            "totals": self._totals,
+        }
+
+    def start(self) -> None:
+        sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.ROUTER)
+        sock.setsockopt(zmq.RCVHWM, HIGH_WATER)
+        sock.setsockopt(zmq.SNDHWM, HIGH_WATER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.bind(self.endpoint)
+        self.channel = Channel(sock, self._on_message)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def _send(self, frames: list[Any]) -> None:
+        try:
+            self.channel.send(frames)
+        except zmq.Again:  # the front is gone or not reading: its requests fail there
+            log.warning("a front is not taking answers; one message to it was dropped")
+
+    def _on_message(self, frames: list[zmq.Frame]) -> None:
+        ident, kind = frames[0].bytes, frames[1].bytes
+        front = self.fronts.get(ident)
+        if front is not None:
+            front.seen = time.monotonic()
+        if kind == wire.PREDICT:
+            self._predict(ident, frames)
+        elif kind == wire.CALL:
+            asyncio.get_running_loop().create_task(self._call(ident, frames))
+        elif kind == wire.COUNTERS:
+            self._counters(ident, frames)
+
+    # -- predictions: one item per flush ---------------------------------------------------
+
+    def _predict(self, ident: bytes, frames: list[zmq.Frame]) -> None:
+        flush, deadline, requests = wire.unpack(frames[2].buffer)
+        sequences = wire.unpack_sequences(self.layout, frames[3].buffer, frames[4].buffer)
+        try:
+            future = self.service.submit(sequences, deadline, None, requests)
+        except Exception as e:  # QueueFull, or shutting down
+            self._send([ident, wire.ANSWER, wire.pack([flush, 0, wire.error_of(e)]), b""])
+            return
+        future.add_done_callback(lambda f: self._answer(ident, flush, sequences, f))
+
+    def _answer(self, ident: bytes, flush: int, sequences: list[Ids], future: Any) -> None:
+        error = None if future.cancelled() else future.exception()
+        if future.cancelled() or error is not None:
+            failure = wire.error_of(error or asyncio.CancelledError())
+            self._send([ident, wire.ANSWER, wire.pack([flush, 0, failure]), b""])
+            return
+        predicted = future.result()
+        rows = wire.pack_rows(self.layout, sequences, predicted.answers)
+        self._send([ident, wire.ANSWER, wire.pack([flush, predicted.version, None]), rows])
+
+    # -- calls ----------------------------------------------------------------------------
+
+    async def _call(self, ident: bytes, frames: list[zmq.Frame]) -> None:
+        call, method, args = wire.unpack(frames[2].buffer)
+        try:
+            value = await self._calls[method](ident, args, frames[3:])
+            reply = [call, None, value]
+        except Exception as e:
+            if not isinstance(e, SeqServeError):
+                log.exception("call %s failed", method)
+            reply = [call, wire.error_of(e), None]
+        self._send([ident, wire.RESULT, wire.pack(reply)])
+
+    async def _state(self, ident: bytes, args: dict[str, Any], _: Any) -> dict[str, Any]:
+        """A front's heartbeat: who it is and its counters; the answer: the engine's state."""
+        record = self.fronts.get(ident)
+        if record is None:
+            record = self.fronts[ident] = FrontRecord(args["pid"], args["index"], 0.0)
+        record.seen = time.monotonic()
+        record.snapshot = args["counters"]
+        service = self.service
+        return {"ready": service.ready, "version": service.version, "pid": os.getpid()}
+
+    def live_fronts(self) -> list[tuple[bytes, FrontRecord]]:
+        now = time.monotonic()
+        return sorted(
+            ((i, f) for i, f in self.fronts.items() if now - f.seen < LOST_S),
+            key=lambda x: x[1].index,
+        )
+
+    async def _describe(self, ident: bytes, args: Any, _: Any) -> dict[str, Any]:
+        doc = await self.service.describe()
+        fronts = [{"kind": "front", "index": f.index, "pid": f.pid} for _, f in self.live_fronts()]
+        doc["processes"] = [*doc["processes"], *fronts]
+        return doc
+
+    async def _change(self, ident: bytes, args: list[str], body: list[zmq.Frame]) -> list[int]:
+        kind, source = args
+        changed = await self.service.change(body[0].bytes, kind, source)
+        return [changed.version, changed.rows]
+
+    async def _totals(self, ident: bytes, args: Any, _: Any) -> dict[str, Any]:
+        totals = await self.totals()
+        return {"snapshot": totals.snapshot, "gauges": totals.gauges}
+
+    # -- the host's counters ----------------------------------------------------------------
+
+    async def totals(self, fresh: bool = True) -> Totals:
+        """The engine's counters and every front's: fresh from the live ones (asked now) and
+        the last ones heard from the others."""
+        live = [ident for ident, _ in self.live_fronts()]
+        if fresh and live:
+            gather_id = next(self._ids)
+            gather = _Gather(set(live), asyncio.get_running_loop().create_future())
+            self._gathers[gather_id] = gather
+            for ident in live:
+                self._send([ident, wire.REPORT, wire.pack(gather_id)])
+            try:
+                await asyncio.wait_for(asyncio.shield(gather.done), GATHER_S)
+            except TimeoutError:
+                log.warning("metrics: %d front(s) did not report in time", len(gather.waiting))
+            del self._gathers[gather_id]
+        own = self.service.metrics.snapshot()
+        snapshots = [own, *(f.snapshot for f in self.fronts.values())]
+        return Totals(metrics.add(snapshots), self.service.gauges())
+
+    def _counters(self, ident: bytes, frames: list[zmq.Frame]) -> None:
+        gather_id, snapshot = wire.unpack(frames[2].buffer)
+        record = self.fronts.get(ident)
+        if record is not None:
+            record.snapshot = snapshot
+        gather = self._gathers.get(gather_id)
+        if gather is not None:
+            gather.waiting.discard(ident)
+            if not gather.waiting and not gather.done.done():
+                gather.done.set_result(None)

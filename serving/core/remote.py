@@ -1,0 +1,282 @@
+"""A front process's host: the engine runs in the host's engine process, reached over ZMQ
+(serving/core/wire.py; the engine's side is serving/core/engine_server.py).
+
+`predict` queues a request and, once per event-loop turn, every queued request goes in one
+message (a flush; split where it would be more than a batch). The engine answers each flush
+with one message: rows as one float32 frame, which the answers are views of, and the version
+they came from. Readiness and the version come with a heartbeat every HEARTBEAT_S. When the
+engine process goes away (its socket disconnects, or it stays silent LOST_S), every request
+waiting on it fails at once with EngineUnavailable (503, Retry-After), and so does admission
+until a new engine is warm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from serving.config import ModelSpec
+from serving.core import wire
+from serving.core.channel import HIGH_WATER, Channel
+from serving.core.engine_server import HEARTBEAT_S, LOST_S
+from serving.core.host import Changed, Host, Predicted, Totals
+from serving.engine.base import Ids
+from serving.errors import EngineUnavailable, QueueFull
+from serving.settings import ServerSettings
+
+# A request waiting for its flush: its sequences, its future, its deadline, whether its
+# client left.
+_Waiting = tuple[list[Ids], "asyncio.Future[Predicted | None]", float, Callable[[], bool] | None]
+
+
+class _Flight:
+    """A flush sent: its requests' futures and sequence counts, and every sequence."""
+
+    __slots__ = ("futures", "counts", "sequences")
+
+    def __init__(self) -> None:
+        self.futures: list[asyncio.Future[Predicted | None]] = []
+        self.counts: list[int] = []
+        self.sequences: list[Ids] = []
+
+
+class RemoteService(Host):
+    def __init__(self, settings: ServerSettings, spec: ModelSpec, endpoint: str, index: int):
+        super().__init__(settings, spec)
+        self.endpoint = endpoint
+        self.index = index
+        self.layout = wire.Layout.of(spec)
+        self._engine_ready = False
+        self._connected = False
+        self._waiting: list[_Waiting] = []
+        self._flights: dict[int, _Flight] = {}
+        self._calls: dict[int, asyncio.Future[Any]] = {}
+        self._ids = itertools.count(1)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def start(
+        self,
+        on_ready: Callable[[], None] | None = None,
+        on_fatal: Callable[[BaseException], None] | None = None,
+    ) -> None:
+        sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+        sock.setsockopt(zmq.SNDHWM, HIGH_WATER)
+        sock.setsockopt(zmq.RCVHWM, HIGH_WATER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing towards an engine that is not there
+        sock.setsockopt(zmq.RECONNECT_IVL, 50)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 200)
+        events = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+        monitor = sock.get_monitor_socket(events)
+        sock.connect(self.endpoint)
+        self.channel = Channel(sock, self._on_message)
+        self.monitor = Channel(monitor, self._on_event)
+        self._tasks.append(asyncio.get_running_loop().create_task(self._heartbeat()))
+
+    async def stop(self) -> None:
+        """Send this front's last counters, then close."""
+        for task in self._tasks:
+            task.cancel()
+        with contextlib.suppress(EngineUnavailable):
+            await self._call("state", self._hello(), timeout=1.0)
+        self._lost("the front is stopping")
+        self.channel.sock.disable_monitor()
+        self.monitor.close()
+        self.channel.close()
+
+    @property
+    def ready(self) -> bool:
+        return self._engine_ready and self._connected
+
+    def _on_event(self, frames: list[zmq.Frame]) -> None:
+        event = parse_monitor_message([f.bytes for f in frames])["event"]
+        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self._connected = True
+        elif event == zmq.EVENT_DISCONNECTED:
+            self._lost("the engine process went away; a new one is starting")
+
+    def _lost(self, why: str) -> None:
+        """The engine is gone: nothing in flight will be answered."""
+        self._connected = self._engine_ready = False
+        error = EngineUnavailable(why)
+        flights, self._flights = self._flights, {}
+        for flight in flights.values():
+            for future in flight.futures:
+                if not future.done():
+                    future.set_exception(error)
+        calls, self._calls = self._calls, {}
+        for call in calls.values():
+            if not call.done():
+                call.set_exception(error)
+
+    def _hello(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "index": self.index, "counters": self.metrics.snapshot()}
+
+    async def _heartbeat(self) -> None:
+        while True:
+            try:
+                state = await self._call("state", self._hello(), timeout=LOST_S)
+                self._engine_ready = bool(state["ready"])
+                self.version = int(state["version"])
+            except EngineUnavailable:
+                if self._flights or self._engine_ready:
+                    self._lost("the engine process stopped answering; a new one is starting")
+            await asyncio.sleep(HEARTBEAT_S)
+
+    # -- predictions ----------------------------------------------------------------------
+
+    async def predict(
+        self,
+        sequences: list[Ids],
+        gone: Callable[[], bool] | None = None,
+        timeout_s: float | None = None,
+    ) -> Predicted | None:
+        entered = time.perf_counter_ns()
+        limit = self.settings.request_timeout_s
+        deadline = time.monotonic() + (limit if timeout_s is None else min(limit, timeout_s))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Predicted | None] = loop.create_future()
+        if not self._waiting:
+            loop.call_soon(self._flush)
+        self._waiting.append((sequences, future, deadline, gone))
+        # No timer per request: the engine drops a flush past its deadline, and a silent
+        # engine fails every flush within LOST_S.
+        ok = False
+        try:
+            predicted = await future
+            ok = predicted is not None
+            return predicted
+        finally:
+            self.metrics.stats.answered(ok, time.perf_counter_ns() - entered)
+
+    def _flush(self) -> None:
+        """Every request queued this loop turn, in as few messages as batches allow."""
+        waiting, self._waiting = self._waiting, []
+        batch = self.settings.batch
+        flight, size, ids, deadline = _Flight(), 0, 0, float("inf")
+        for sequences, future, due, gone in waiting:
+            if gone is not None and gone():
+                future.set_result(None)  # its client left: never computed
+                continue
+            n = sum(len(v) for s in sequences for v in s.values())
+            if flight.futures and (
+                size + len(sequences) > batch.max_batch_size or ids + n > batch.max_batch_ids
+            ):
+                self._send(flight, deadline)
+                flight, size, ids, deadline = _Flight(), 0, 0, float("inf")
+            flight.futures.append(future)
+            flight.counts.append(len(sequences))
+            flight.sequences.extend(sequences)
+            size, ids, deadline = size + len(sequences), ids + n, min(deadline, due)
+        if flight.futures:
+            self._send(flight, deadline)
+
+    def _send(self, flight: _Flight, deadline: float) -> None:
+        flush = next(self._ids)
+        lengths, ids = wire.pack_sequences(self.layout, flight.sequences)
+        head = wire.pack([flush, deadline, len(flight.futures)])
+        try:
+            if not self.ready:
+                raise EngineUnavailable("the model is not ready: the engine process is starting")
+            self.channel.send([wire.PREDICT, head, lengths, ids])
+        except (zmq.Again, EngineUnavailable) as e:
+            error = (
+                e
+                if isinstance(e, EngineUnavailable)
+                else QueueFull("the engine's queue is full: retry later")
+            )
+            for future in flight.futures:
+                future.set_exception(error)
+            return
+        self._flights[flush] = flight
+
+    def _on_message(self, frames: list[zmq.Frame]) -> None:
+        kind = frames[0].bytes
+        if kind == wire.ANSWER:
+            self._answer(frames)
+        elif kind == wire.RESULT:
+            call, error, value = wire.unpack(frames[1].buffer)
+            future = self._calls.pop(call, None)
+            if future is not None and not future.done():
+                if error:
+                    try:
+                        wire.raise_error(error)
+                    except Exception as e:
+                        future.set_exception(e)
+                else:
+                    future.set_result(value)
+        elif kind == wire.REPORT:
+            gather = wire.unpack(frames[1].buffer)
+            # If it cannot be sent, the engine uses the counters of the last heartbeat.
+            with contextlib.suppress(zmq.Again):
+                self.channel.send([wire.COUNTERS, wire.pack([gather, self.metrics.snapshot()])])
+
+    def _answer(self, frames: list[zmq.Frame]) -> None:
+        flush, version, error = wire.unpack(frames[1].buffer)
+        flight = self._flights.pop(flush, None)
+        if flight is None:  # its requests already failed (the engine was lost meanwhile)
+            return
+        if error:
+            try:
+                wire.raise_error(error)
+            except Exception as e:
+                for future in flight.futures:
+                    if not future.done():
+                        future.set_exception(e)
+            return
+        answers = wire.unpack_rows(self.layout, flight.sequences, frames[2].buffer)
+        at = 0
+        for future, n in zip(flight.futures, flight.counts, strict=True):
+            if not future.done():
+                future.set_result(Predicted(answers[at : at + n], version))
+            at += n
+
+    # -- calls ----------------------------------------------------------------------------
+
+    async def _call(
+        self, method: str, args: Any, body: bytes | None = None, timeout: float | None = None
+    ) -> Any:
+        call = next(self._ids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        frames: list[Any] = [wire.CALL, wire.pack([call, method, args])]
+        if body is not None:
+            frames.append(body)
+        try:
+            self.channel.send(frames)
+        except zmq.Again:
+            raise EngineUnavailable("the engine process is not reachable") from None
+        self._calls[call] = future
+        try:
+            async with asyncio.timeout(timeout):
+                return await future
+        except TimeoutError:
+            raise EngineUnavailable("the engine process did not answer in time") from None
+        finally:
+            self._calls.pop(call, None)
+
+    async def abandon_start(self) -> None:
+        """Nothing to abandon: the engine process is the parent's to stop."""
+
+    async def change(self, body: bytes, kind: str, source: str = "http") -> Changed:
+        self.check_ready()
+        version, rows = await self._call("change", [kind, source], body)
+        self.version = max(self.version, version)
+        return Changed(version, rows)
+
+    async def describe(self) -> dict[str, Any]:
+        doc: dict[str, Any] = await self._call("describe", None, timeout=LOST_S)
+        return doc
+
+    async def totals(self) -> Totals:
+        value = await self._call("totals", None, timeout=LOST_S)
+        return Totals(value["snapshot"], value["gauges"])
