@@ -59,6 +59,9 @@ class Host(ABC):
     spec: ModelSpec
     metrics: Metrics  # this process's own counters
     version: int  # of the weights served, as last known here
+    # Whether the server listens only once `start` returns (else at once, answering 503 until
+    # the engine is ready).
+    listen_after_start: bool = False
 
     def __init__(self, settings: ServerSettings, spec: ModelSpec):
         self.settings = settings

@@ -49,6 +49,11 @@ class _Flight:
 
 
 class RemoteService(Host):
+    # A front process listens once it has heard from the engine process (its listener joins
+    # the port's group only then): one started beside a serving engine never answers 503 for
+    # its own sake; at the host's start, the fronts answer 503 until the engine is warm.
+    listen_after_start = True
+
     def __init__(self, settings: ServerSettings, spec: ModelSpec, endpoint: str, index: int):
         super().__init__(settings, spec)
         self.endpoint = endpoint
@@ -81,7 +86,9 @@ class RemoteService(Host):
         sock.connect(self.endpoint)
         self.channel = Channel(sock, self._on_message)
         self.monitor = Channel(monitor, self._on_event)
+        self._heard = asyncio.Event()
         self._tasks.append(asyncio.get_running_loop().create_task(self._heartbeat()))
+        await self._heard.wait()
 
     async def stop(self) -> None:
         """Send this front's last counters, then close."""
@@ -126,8 +133,10 @@ class RemoteService(Host):
         while True:
             try:
                 state = await self._call("state", self._hello(), timeout=LOST_S)
+                self._connected = True  # an answer: whatever the monitor has not said yet
                 self._engine_ready = bool(state["ready"])
                 self.version = int(state["version"])
+                self._heard.set()
             except EngineUnavailable:
                 if self._flights or self._engine_ready:
                     self._lost("the engine process stopped answering; a new one is starting")

@@ -94,6 +94,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if service.listen_after_start:
+            await service.start(on_ready, on_fatal)
         try:
             grpc_server = await v2_grpc.start(
                 service, settings.host, settings.grpc_port, VERSION, shm
@@ -104,7 +106,9 @@ def create_app(
             on_fatal(e)
             yield
             return
-        starting = asyncio.create_task(service.start(on_ready, on_fatal))
+        starting = asyncio.create_task(
+            asyncio.sleep(0) if service.listen_after_start else service.start(on_ready, on_fatal)
+        )
         try:
             yield
         finally:

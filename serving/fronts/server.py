@@ -48,17 +48,16 @@ def open_files_for(connections: int) -> None:
 
 
 def shared_listener(host: str, port: int) -> socket.socket:
-    """A listening socket on host:port that the host's other front processes bind too
-    (SO_REUSEPORT: the kernel spreads new connections over them by their address hash)."""
+    """A socket bound to host:port that the host's other front processes bind too
+    (SO_REUSEPORT: the kernel spreads new connections over the listening ones by their
+    address hash)."""
     family, kind, proto, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind(address)
-    sock.listen(2048)
-    sock.set_inheritable(True)
+    sock.bind(address)  # not listening yet: the server listens once its host has started
     return sock
 
 
