@@ -6,7 +6,7 @@ checks, in-process reference lines, results.json and plot.png.
     wire       the lean asyncio HTTP/1.1 client that drives the load
     v2         Open Inference Protocol v2 bodies (REST binary, gRPC) and their answers read back
     rpc        the gRPC client that drives the v2-grpc load (grpc.aio, pre-serialized bodies)
-    cpu        CPU per request of a server's processes, by role, from /proc
+    cpu        CPU per request and resident memory of a server's processes, by kind, from /proc
     check      answers compared bit for bit with the model's weights
     reference  the unsharded EmbeddingCollection and one core's index_select, in process
     ceiling    the HTTP ceiling: a bare uvicorn app answering a stored answer, its own process

@@ -25,12 +25,14 @@ __all__ = [
     "free_port",
     "first_answer",
     "launch",
+    "parse_front",
+    "processes",
     "start_server",
     "stop_server",
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
-FRONTS = ("fastapi", "torchserve")
+FRONTS = ("fastapi", "torchserve")  # fastapi:N: `seqserve serve --workers N`
 READY_TIMEOUT_S = 240
 
 
@@ -44,24 +46,37 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def parse_front(name: str) -> tuple[str, int]:
+    """A --compare name -> (front, worker count): fastapi is (fastapi, 1), fastapi:4 is
+    (fastapi, 4), torchserve is (torchserve, 1)."""
+    front, colon, count = name.partition(":")
+    if front not in FRONTS or (colon and front != "fastapi"):
+        raise ValueError(f"unknown front {name!r}; use {', '.join(FRONTS)} or fastapi:WORKERS")
+    if not colon:
+        return front, 1
+    if not count.isdigit() or int(count) < 1:
+        raise ValueError(f"front {name!r}: fastapi:N takes a worker count N >= 1")
+    return front, int(count)
+
+
 def server_command(
     front: str, port: int, workdir: Path, model: Path | None = None, grpc_port: int | None = None
 ) -> list[str]:
-    """`seqserve serve` or `seqserve torchserve` on `port` (the built-in demo without model).
-    `seqserve serve` gets its gRPC port too, `grpc_port` or a free one: two servers on the
-    default 8081 would clash."""
-    if front not in FRONTS:
-        raise ValueError(f"unknown front {front!r}; use {', '.join(FRONTS)}")
+    """`seqserve serve --workers N` (fastapi, fastapi:N) or `seqserve torchserve` on `port`
+    (the built-in demo without model). `seqserve serve` gets its gRPC port too, `grpc_port` or
+    a free one: two servers on the default 8081 would clash."""
+    kind, workers = parse_front(front)
     cmd = [
         sys.executable,
         "-m",
         "serving.commands.cli",
-        front if front == "torchserve" else "serve",
+        kind if kind == "torchserve" else "serve",
     ]
     cmd += ["--port", str(port)]
-    if front == "fastapi":
+    if kind == "fastapi":
         cmd += ["--grpc-port", str(grpc_port if grpc_port is not None else free_port())]
-    if front == "torchserve":
+        cmd += ["--workers", str(workers)]  # always: SEQSERVE_WORKERS must not change fastapi
+    if kind == "torchserve":
         cmd += ["--management-port", str(free_port()), "--metrics-port", str(free_port())]
         cmd += ["--workdir", str(workdir / "torchserve")]
     if model is not None:
@@ -148,6 +163,18 @@ def first_answer(
                 break  # the request or its auth is refused: waiting will not help
             time.sleep(0.25)
     raise NotReady(f"{target}: no 200 in {time.monotonic() - t0:.0f} s (last: {last})")
+
+
+def processes(url: str, model: str, headers: dict[str, str]) -> dict[int, str]:
+    """pid -> kind of the processes a seqserve server lists (GET /models/{model}
+    "processes"); empty where the route or the field is missing (TorchServe, the HTTP
+    ceiling), so that the CPU falls back on command-line roles."""
+    try:
+        r = httpx.get(f"{url}/models/{model}", headers=headers, timeout=10)
+        listed = r.json()["processes"] if r.status_code == 200 else []
+        return {int(p["pid"]): str(p["kind"]) for p in listed}
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def stop_server(proc: subprocess.Popen[bytes]) -> None:

@@ -14,7 +14,8 @@ def add_flags(p: argparse.ArgumentParser) -> None:
         "--compare",
         metavar="FRONTS",
         help="start each front on free ports on the same model and measure them back to back: "
-        "fastapi,torchserve (or one of them)",
+        "fastapi,torchserve (or one of them); fastapi:N is seqserve serve --workers N (N front "
+        "processes over one engine process), e.g. fastapi,fastapi:2,fastapi:4",
     )
     p.add_argument(
         "--model",
@@ -39,7 +40,7 @@ def add_flags(p: argparse.ArgumentParser) -> None:
         help="comma-separated, measured in this order: json and msgpack (POST "
         "/predictions/{model}), v2-binary (Open Inference Protocol REST, binary tensors both "
         "ways) and v2-grpc (its gRPC ModelInfer, raw contents); the v2 ones on fronts that speak "
-        "it: fastapi or --url (json,msgpack)",
+        "it: fastapi, fastapi:N or --url (json,msgpack)",
     )
     p.add_argument(
         "--grpc-url",

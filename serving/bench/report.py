@@ -97,16 +97,46 @@ def rate(v: float) -> str:
     return f"{v:.0f}"
 
 
+def _kind(kind: str, count: int) -> str:
+    """A process kind, with its count where there are several: front x4."""
+    return kind if count < 2 else f"{kind} x{count}"
+
+
 def _cpu(r: dict[str, Any]) -> str:
-    """Server CPU ms per request, total and by process role ('-' for a server not started by
-    the bench); the client's after a slash."""
+    """Server CPU ms per request, total and by process kind, each kind summed over its
+    processes ('-' for a server not started by the bench); the client's after a slash."""
     server = r.get("server_cpu_ms_per_req")
     client = r.get("client_cpu_ms_per_req")
+    counts = r.get("server_processes") or {}
     text = "-"
     if server:
-        parts = ", ".join(f"{k} {v:.2f}" for k, v in server.items() if k != "total" and v >= 0.005)
+        parts = ", ".join(
+            f"{_kind(k, counts.get(k, 1))} {v:.2f}"
+            for k, v in server.items()
+            if k != "total" and v >= 0.005
+        )
         text = f"{server['total']:.2f} ({parts})"
     return text if client is None else f"{text} / {client:.2f}"
+
+
+def resident(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Resident memory of each started server at its last level, by process kind: the largest
+    of a kind's processes (the max front of --workers N), with their count where there are
+    several; no lines where no row has it."""
+    last = {r["front"]: r for r in rows if r.get("server_rss")}
+    if not last:
+        return []
+    lines = [
+        "| front | at | resident MiB by process kind (the largest of each kind) |",
+        "| --- | --- | --- |",
+    ]
+    for front, r in last.items():
+        sizes: dict[str, list[float]] = {}
+        for p in r["server_rss"]:
+            sizes.setdefault(p["kind"], []).append(p["rss_mb"])
+        cells = ", ".join(f"{_kind(k, len(v))} {max(v):.0f}" for k, v in sizes.items())
+        lines.append(f"| {front} | {r['format']} x{r['concurrency']} | {cells} |")
+    return lines
 
 
 def over_ceiling(
@@ -237,7 +267,7 @@ def table(rows: Sequence[dict[str, Any]], references: Sequence[dict[str, Any]]) 
     order they ran), the formats side by side, the references and the comparisons."""
     lines = [
         "| front | format | clients | req/s | ids/s | p50 ms | p90 ms | p99 ms | errors "
-        "| checked | wrong | CPU ms/req: server (by process) / client |",
+        "| checked | wrong | CPU ms/req: server (by process kind) / client |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- |",
     ]
     order = {f: k for k, f in enumerate(dict.fromkeys(r["format"] for r in rows))}
@@ -252,6 +282,8 @@ def table(rows: Sequence[dict[str, Any]], references: Sequence[dict[str, Any]]) 
         lines += ["", "| reference | ids/s | what |", "| --- | ---: | --- |"]
         lines += [f"| {x['name']} | {rate(x['ids_s'])} | {x['what']} |" for x in references]
     ratios = comparisons(rows, references)
+    if memory := resident(rows):
+        lines += ["", *memory]
     if side := by_format(rows):
         lines += ["", *side]
     if ratios["v2_over_msgpack"]:

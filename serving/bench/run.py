@@ -54,6 +54,23 @@ def _levels(text: str) -> list[int]:
     return levels
 
 
+def _fronts(text: str) -> list[str]:
+    """--compare's names, checked: fastapi, fastapi:N (N workers), torchserve; each once (a
+    name labels its rows and its log)."""
+    fronts = _csv(text, "--compare")
+    for front in fronts:
+        load.parse_front(front)
+    if len(set(fronts)) < len(fronts):
+        raise ValueError(f"--compare {text!r}: each front once")
+    return fronts
+
+
+def _seqserve(front: str) -> bool:
+    """A front that is `seqserve serve` (any worker count): it speaks v2 and lists its
+    processes."""
+    return load.parse_front(front)[0] == "fastapi"
+
+
 def _spec(model: Path | None) -> ModelSpec:
     from serving.commands.demo import demo_spec
     from serving.config import load_spec
@@ -75,12 +92,12 @@ def run(args: argparse.Namespace) -> int:
     _check_args(args)
     levels = _levels(args.concurrency)
     formats = _csv(args.formats, "--formats", FORMATS)
-    fronts = _csv(args.compare, "--compare", load.FRONTS) if args.compare else ["url"]
+    fronts = _fronts(args.compare) if args.compare else ["url"]
     grpc = rpc.address(args.grpc_url, args.url) if args.url and v2.GRPC in formats else None
     if args.grpc_url and not args.url:
         raise ValueError("--grpc-url goes with --url; --compare picks the gRPC port itself")
-    if args.compare and not set(formats) <= set(HEADERS) and "fastapi" not in fronts:
-        raise ValueError(f"--formats {args.formats}: the v2 formats need the fastapi front")
+    if args.compare and not set(formats) <= set(HEADERS) and not any(map(_seqserve, fronts)):
+        raise ValueError(f"--formats {args.formats}: the v2 formats need a fastapi front")
     spec = _spec(args.model)
     name = args.model_name or spec.name
     mix = Mix.for_spec(
@@ -189,6 +206,7 @@ class Front:
     auth: dict[str, str]
     grpc: str | None = None  # host:port of its v2 gRPC, where it has one
     v2: bool = False  # speaks the Open Inference Protocol v2 (seqserve's own front)
+    workers: int = 1  # its front processes (seqserve serve --workers)
 
     def speaks(self, fmt: str) -> bool:
         return fmt in HEADERS or (self.v2 and (fmt != v2.GRPC or self.grpc is not None))
@@ -229,14 +247,7 @@ def _measure(
                 _reachable(url, auth)
             else:
                 for front in fronts:
-                    log(f"starting {front} (its output: {out / front}.log) ...")
-                    port = load.free_port() if front == "fastapi" else None
-                    with open(out / f"{front}.log", "wb") as server_log:
-                        proc, url, auth = load.start_server(
-                            front, Path(tmp) / front, args.model, server_log, port
-                        )
-                    where = None if port is None else f"127.0.0.1:{port}"
-                    servers.append(Front(front, proc, url, auth, where, v2=front == "fastapi"))
+                    servers.append(_start(args, front, out, Path(tmp)))
             if answers:
                 log(f"starting the HTTP ceiling (its output: {out}/ceiling.log) ...")
                 with open(out / "ceiling.log", "wb") as server_log:
@@ -244,6 +255,8 @@ def _measure(
                     servers.append(Front("ceiling", top, top_url, {}))
             for s in servers:
                 _first_answers(args, s, formats, name, pool)
+                if s.workers > 1:
+                    _all_fronts_listed(s, name)
             for s in servers:
                 for fmt in formats:
                     if not s.speaks(fmt) and s.name != "ceiling":
@@ -265,6 +278,34 @@ def _measure(
                 if s.proc is not None:
                     load.stop_server(s.proc)
     return rows, examples
+
+
+def _start(args: argparse.Namespace, front: str, out: Path, tmp: Path) -> Front:
+    """Start `front` (a --compare name) with its output in `out`/<name>.log."""
+    path = out / f"{front.replace(':', '-')}.log"  # fastapi:2 -> fastapi-2.log
+    log(f"starting {front} (its output: {path}) ...")
+    seqserve = _seqserve(front)
+    port = load.free_port() if seqserve else None
+    with open(path, "wb") as server_log:
+        proc, url, auth = load.start_server(front, tmp / front, args.model, server_log, port)
+    where = None if port is None else f"127.0.0.1:{port}"
+    workers = load.parse_front(front)[1]
+    return Front(front, proc, url, auth, where, v2=seqserve, workers=workers)
+
+
+def _all_fronts_listed(front: Front, name: str, timeout: float = 10) -> None:
+    """Wait until `front` lists all its front processes: its engine lists only those it has
+    heard from, and one missing would count as "other" in the CPU by kind."""
+    deadline = time.monotonic() + timeout
+    while True:
+        listed = load.processes(front.url, name, front.auth)
+        seen = sum(kind == "front" for kind in listed.values())
+        if seen >= front.workers:
+            return
+        if time.monotonic() > deadline:
+            log(f"warning: {front.name} lists {seen} of its {front.workers} front processes")
+            return
+        time.sleep(0.25)
 
 
 def _first_answers(
@@ -309,7 +350,8 @@ def _level(
     n: int,
 ) -> tuple[dict[str, Any], check.Sampler]:
     """One level: warm-up, then `args.duration` measured seconds with `n` clients. For a front
-    the bench started, its processes' CPU per request too."""
+    the bench started, its processes' CPU per request by kind and, at the end, their resident
+    memory too."""
     label = f"{front.name} {fmt} x{n}"
     t0 = time.perf_counter()
     start = t0 + args.warmup
@@ -356,11 +398,14 @@ def _level(
             body_headers=pool.headers.get(fmt),
         )
     server_pid = front.proc.pid if front.proc is not None else None
-    server0 = cpu.snapshot(server_pid)
+    # Asked before the load, not during it; the ceiling and TorchServe list nothing.
+    listed = load.processes(front.url, name, front.auth) if server_pid else {}
+    server0 = cpu.snapshot(server_pid, listed)
     cpu0 = time.process_time()
     results = wire.run(clients)
     client_cpu = time.process_time() - cpu0  # warm-up and its checks included: every request
-    server_cpu = cpu.per_request(server0, cpu.snapshot(server_pid), len(results))
+    server1 = cpu.snapshot(server_pid, listed)
+    server_cpu = cpu.per_request(server0, server1, len(results))
     sampler.finish()
     row = {
         "front": front.name,
@@ -371,6 +416,8 @@ def _level(
         "wrong": sampler.wrong,
         "client_cpu_ms_per_req": 1000 * client_cpu / max(1, len(results)),
         "server_cpu_ms_per_req": server_cpu,
+        "server_processes": cpu.counts(server1),
+        "server_rss": cpu.resident(server1),  # at the end of the level
     }
     p99 = "-" if row["p99_ms"] is None else f"{row['p99_ms']:.1f} ms"
     log(
