@@ -17,22 +17,22 @@ from serving.settings import ServerSettings
 
 
 def run_engine(
-    spec: ModelSpec, settings: ServerSettings, endpoint: str, ready: Event, parent_pid: int
+    spec: ModelSpec, settings: ServerSettings, rundir: str, ready: Event, parent_pid: int
 ) -> None:
     from serving.commands.lifeline import die_with_parent
 
     die_with_parent(parent_pid)
-    raise SystemExit(asyncio.run(_serve(spec, settings, endpoint, ready)))
+    raise SystemExit(asyncio.run(_serve(spec, settings, rundir, ready)))
 
 
-async def _serve(spec: ModelSpec, settings: ServerSettings, endpoint: str, ready: Event) -> int:
+async def _serve(spec: ModelSpec, settings: ServerSettings, rundir: str, ready: Event) -> int:
     from serving.core.engine_server import EngineServer
     from serving.core.metrics import summary
     from serving.core.service import Service
     from serving.engine.factory import for_settings
 
     service = Service(settings, for_settings(spec, settings))
-    server = EngineServer(service, endpoint)
+    server = EngineServer(service, rundir)
     server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

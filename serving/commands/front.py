@@ -20,12 +20,12 @@ from serving.settings import ServerSettings
 
 
 def run_front(
-    spec: ModelSpec, settings: ServerSettings, endpoint: str, index: int, parent_pid: int
+    spec: ModelSpec, settings: ServerSettings, rundir: str, index: int, parent_pid: int
 ) -> None:
     from serving.commands.lifeline import die_with_parent
 
     die_with_parent(parent_pid)
-    service = RemoteService(settings, spec, endpoint, index)
+    service = RemoteService(settings, spec, rundir, index)
     failed = False
 
     def on_fatal(error: BaseException) -> None:  # the gRPC port could not be bound

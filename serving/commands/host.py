@@ -39,7 +39,6 @@ class Host:
         self.settings = settings
         self.context = multiprocessing.get_context("spawn")
         self.rundir = tempfile.mkdtemp(prefix="seqserve-")
-        self.endpoint = f"ipc://{self.rundir}/engine"
         self.ready: Event = self.context.Event()
         self.stopping = False
 
@@ -49,7 +48,7 @@ class Host:
         self.ready.clear()
         p = self.context.Process(
             target=run_engine,
-            args=(self.spec, self.settings, self.endpoint, self.ready, os.getpid()),
+            args=(self.spec, self.settings, self.rundir, self.ready, os.getpid()),
             name="seqserve-engine",
         )
         p.start()
@@ -60,7 +59,7 @@ class Host:
 
         p = self.context.Process(
             target=run_front,
-            args=(self.spec, self.settings, self.endpoint, index, os.getpid()),
+            args=(self.spec, self.settings, self.rundir, index, os.getpid()),
             name=f"seqserve-front-{index}",
         )
         p.start()
@@ -84,14 +83,17 @@ class Host:
         was_ready = announced = False
         code = 0
         while not self.stopping:
-            if self.ready.wait(POLL_S) and not was_ready:
+            # Once ready, the event stays set and wait() would return at once: sleep instead.
+            if was_ready:
+                time.sleep(POLL_S)
+            elif self.ready.wait(POLL_S):
                 was_ready = True
                 if not announced:
                     announced = True
                     kind = settings.engine or self.spec.sharding.engine
                     print(banner(self.spec, settings, kind), flush=True)
             if not engine.is_alive():
-                if not was_ready:
+                if not announced:  # it never served: a new one would fail the same way
                     say(f"the engine process exited ({engine.exitcode}) before it was ready")
                     code = 1
                     break

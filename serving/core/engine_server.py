@@ -30,7 +30,7 @@ from serving.errors import SeqServeError
 
 log = logging.getLogger("seqserve")
 
-HEARTBEAT_S = 0.2  # a front's heartbeat period
+HEARTBEAT_S = 0.2  # a front's heartbeat period; how often counters are stored
 LOST_S = 2.0  # a front (or the engine) not heard from this long is gone
 GATHER_S = 0.5  # how long /metrics waits for the live fronts' counters
 
@@ -50,9 +50,10 @@ class _Gather:
 
 
 class EngineServer:
-    def __init__(self, service: Service, endpoint: str):
+    def __init__(self, service: Service, rundir: str):
         self.service = service
-        self.endpoint = endpoint
+        self.endpoint = wire.endpoint(rundir)
+        self.counters = wire.counters(rundir, "engine", os.getpid())
         self.layout = wire.Layout.of(service.spec)
         self.fronts: dict[bytes, FrontRecord] = {}
         self._gathers: dict[int, _Gather] = {}
@@ -71,9 +72,18 @@ class EngineServer:
         sock.setsockopt(zmq.LINGER, 0)
         sock.bind(self.endpoint)
         self.channel = Channel(sock, self._on_message)
+        self._keeping = asyncio.get_running_loop().create_task(self._keep_counters())
 
     def close(self) -> None:
+        self._keeping.cancel()
+        metrics.store(self.service.metrics.snapshot(), self.counters)
         self.channel.close()
+
+    async def _keep_counters(self) -> None:
+        """This process's counters on disk, so a new engine's totals still count them."""
+        while True:
+            metrics.store(self.service.metrics.snapshot(), self.counters)
+            await asyncio.sleep(HEARTBEAT_S)
 
     def _send(self, frames: list[Any]) -> None:
         try:
@@ -163,9 +173,10 @@ class EngineServer:
     # -- the host's counters ----------------------------------------------------------------
 
     async def totals(self, fresh: bool = True) -> Totals:
-        """The engine's counters and every front's: fresh from the live ones (asked now) and
-        the last ones heard from the others."""
-        live = [ident for ident, _ in self.live_fronts()]
+        """The engine's counters and every live front's, fresh (asked now), and the stored
+        counters of the host's processes that are gone (earlier engines and fronts)."""
+        fronts = self.live_fronts()
+        live = [ident for ident, _ in fronts]
         if fresh and live:
             gather_id = next(self._ids)
             gather = _Gather(set(live), asyncio.get_running_loop().create_future())
@@ -178,7 +189,8 @@ class EngineServer:
                 log.warning("metrics: %d front(s) did not report in time", len(gather.waiting))
             del self._gathers[gather_id]
         own = self.service.metrics.snapshot()
-        snapshots = [own, *(f.snapshot for f in self.fronts.values())]
+        gone = metrics.stored(self.counters.parent, {os.getpid(), *(f.pid for _, f in fronts)})
+        snapshots = [own, *(f.snapshot for _, f in fronts), *gone]
         return Totals(metrics.add(snapshots), self.service.gauges())
 
     def _counters(self, ident: bytes, frames: list[zmq.Frame]) -> None:

@@ -10,10 +10,13 @@ counted, none is sampled.
 
 from __future__ import annotations
 
+import os
 from bisect import bisect_left
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import msgspec
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -91,6 +94,27 @@ class Metrics:
             "rows_updated": self.rows_updated,
             "stats": self.stats.snapshot(),
         }
+
+
+def store(snapshot: Snapshot, path: Path) -> None:
+    """Write a process's counters where they outlive it (replaced whole: never half read)."""
+    temporary = path.with_suffix(".tmp")
+    temporary.write_bytes(msgspec.msgpack.encode(snapshot))
+    os.replace(temporary, path)
+
+
+def stored(folder: Path, skip: set[int]) -> list[Snapshot]:
+    """The counters stored in `folder` (as `<kind>-<pid>.counters`) but those of `skip`'s pids:
+    processes that are gone, whose counts stay in the host's totals."""
+    out = []
+    for path in folder.glob("*-*.counters"):
+        if int(path.stem.rsplit("-", 1)[1]) in skip:
+            continue
+        try:
+            out.append(msgspec.msgpack.decode(path.read_bytes()))
+        except (OSError, msgspec.DecodeError):
+            continue  # removed meanwhile
+    return out
 
 
 def add(snapshots: list[Snapshot]) -> Snapshot:

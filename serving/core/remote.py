@@ -24,7 +24,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from serving.config import ModelSpec
-from serving.core import wire
+from serving.core import metrics, wire
 from serving.core.channel import HIGH_WATER, Channel
 from serving.core.engine_server import HEARTBEAT_S, LOST_S
 from serving.core.host import Changed, Host, Predicted, Totals
@@ -54,9 +54,10 @@ class RemoteService(Host):
     # its own sake; at the host's start, the fronts answer 503 until the engine is warm.
     listen_after_start = True
 
-    def __init__(self, settings: ServerSettings, spec: ModelSpec, endpoint: str, index: int):
+    def __init__(self, settings: ServerSettings, spec: ModelSpec, rundir: str, index: int):
         super().__init__(settings, spec)
-        self.endpoint = endpoint
+        self.endpoint = wire.endpoint(rundir)
+        self.counters = wire.counters(rundir, "front", os.getpid())
         self.index = index
         self.layout = wire.Layout.of(spec)
         self._engine_ready = False
@@ -96,6 +97,7 @@ class RemoteService(Host):
             task.cancel()
         with contextlib.suppress(EngineUnavailable):
             await self._call("state", self._hello(), timeout=1.0)
+        metrics.store(self.metrics.snapshot(), self.counters)
         self._lost("the front is stopping")
         self.channel.sock.disable_monitor()
         self.monitor.close()
@@ -140,6 +142,8 @@ class RemoteService(Host):
             except EngineUnavailable:
                 if self._flights or self._engine_ready:
                     self._lost("the engine process stopped answering; a new one is starting")
+            # Where they outlive this process: the host's totals keep them if it dies.
+            metrics.store(self.metrics.snapshot(), self.counters)
             await asyncio.sleep(HEARTBEAT_S)
 
     # -- predictions ----------------------------------------------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -27,6 +28,19 @@ from serving.config import ModelSpec
 from serving.engine.base import Answer, Ids
 
 PREDICT, ANSWER, CALL, RESULT, REPORT, COUNTERS = b"P", b"A", b"C", b"R", b"Q", b"N"
+
+
+def endpoint(rundir: str) -> str:
+    """The engine's socket, in the host's run folder."""
+    return f"ipc://{rundir}/engine"
+
+
+def counters(rundir: str, kind: str, pid: int) -> Path:
+    """Where a process of the host stores its counters (serving/core/metrics.py's `stored`)."""
+    folder = Path(rundir) / "counters"
+    folder.mkdir(exist_ok=True)
+    return folder / f"{kind}-{pid}.counters"
+
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder()
@@ -70,13 +84,13 @@ class Layout:
     """Where each feature's ids and rows sit in a flush: the spec's features and widths."""
 
     features: tuple[str, ...]
-    dims: np.ndarray  # int64 [n_features]: each feature's embedding_dim
+    widths: tuple[tuple[str, int], ...]  # (feature, its embedding_dim), in spec order
 
     @classmethod
     def of(cls, spec: ModelSpec) -> Layout:
         table = spec.table_of()
         features = tuple(spec.features)
-        return cls(features, np.array([table[f].embedding_dim for f in features], np.int64))
+        return cls(features, tuple((f, table[f].embedding_dim) for f in features))
 
 
 def pack_sequences(layout: Layout, sequences: Sequence[Ids]) -> tuple[np.ndarray, bytes]:
@@ -97,20 +111,17 @@ def pack_sequences(layout: Layout, sequences: Sequence[Ids]) -> tuple[np.ndarray
 
 def unpack_sequences(layout: Layout, lengths_frame: Any, ids_frame: Any) -> list[Ids]:
     """The engine's side of `pack_sequences`: views of the ids frame, no copy."""
-    lengths = np.frombuffer(lengths_frame, np.int32).reshape(-1, len(layout.features))
-    ids = np.frombuffer(ids_frame, np.int64)
-    ends = np.cumsum(np.maximum(lengths.ravel(), 0)).tolist()
-    out: list[Ids] = []
-    at = k = 0
     features = layout.features
+    lengths = np.frombuffer(lengths_frame, np.int32).reshape(-1, len(features))
+    ids = np.frombuffer(ids_frame, np.int64)
+    out: list[Ids] = []
+    at = 0
     for row in lengths.tolist():
         seq = {}
         for f, n in zip(features, row, strict=True):
             if n >= 0:
-                end = ends[k]
-                seq[f] = ids[at:end]
-                at = end
-            k += 1
+                seq[f] = ids[at : at + n]
+                at += n
         out.append(seq)
     return out
 
@@ -127,17 +138,18 @@ def unpack_rows(layout: Layout, sequences: Sequence[Ids], rows_frame: Any) -> li
     """The front's side of `pack_rows`: each sequence's rows, as views of the one frame, named
     in the order the sequence named its features (the answer's order, as in one process)."""
     rows = np.frombuffer(rows_frame, np.float32)
-    dims = dict(zip(layout.features, layout.dims.tolist(), strict=True))
+    widths = layout.widths
     out: list[Answer] = []
     at = 0
     for seq in sequences:
         views = {}
-        for f in layout.features:  # the order the engine packed them
+        for f, d in widths:  # the order the engine packed them
             ids = seq.get(f)
             if ids is not None:
-                d = dims[f]
                 end = at + len(ids) * d
-                views[f] = rows[at:end].reshape(len(ids), d)
+                views[f] = rows[at:end].reshape(-1, d)
                 at = end
-        out.append({f: views[f] for f in seq})
+        out.append(
+            views if len(views) < 2 or list(views) == list(seq) else {f: views[f] for f in seq}
+        )
     return out
