@@ -10,14 +10,14 @@ import asyncio
 import gc
 import signal
 import sys
-from multiprocessing.synchronize import Event
+from multiprocessing.connection import Connection
 
 from serving.config import ModelSpec
 from serving.settings import ServerSettings
 
 
 def run_engine(
-    spec: ModelSpec, settings: ServerSettings, rundir: str, ready: Event, parent_pid: int
+    spec: ModelSpec, settings: ServerSettings, rundir: str, ready: Connection, parent_pid: int
 ) -> None:
     from serving.commands.lifeline import die_with_parent
 
@@ -25,7 +25,7 @@ def run_engine(
     raise SystemExit(asyncio.run(_serve(spec, settings, rundir, ready)))
 
 
-async def _serve(spec: ModelSpec, settings: ServerSettings, rundir: str, ready: Event) -> int:
+async def _serve(spec: ModelSpec, settings: ServerSettings, rundir: str, ready: Connection) -> int:
     from serving.core.engine_server import EngineServer
     from serving.core.metrics import summary
     from serving.core.service import Service
@@ -43,7 +43,7 @@ async def _serve(spec: ModelSpec, settings: ServerSettings, rundir: str, ready: 
     def on_ready() -> None:
         gc.collect()
         gc.freeze()  # the weights' Python objects stay out of every collection's scan
-        ready.set()
+        ready.send(True)
 
     def on_fatal(error: BaseException) -> None:
         failures.append(error)

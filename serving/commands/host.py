@@ -19,8 +19,8 @@ import signal
 import sys
 import tempfile
 import time
+from multiprocessing.connection import Connection
 from multiprocessing.context import SpawnProcess
-from multiprocessing.synchronize import Event
 
 from serving.config import ModelSpec
 from serving.settings import ServerSettings
@@ -39,19 +39,21 @@ class Host:
         self.settings = settings
         self.context = multiprocessing.get_context("spawn")
         self.rundir = tempfile.mkdtemp(prefix="seqserve-")
-        self.ready: Event = self.context.Event()
         self.stopping = False
+        self.ready: Connection  # the engine says it is ready (once) on this pipe
 
     def start_engine(self) -> SpawnProcess:
         from serving.commands.engine_process import run_engine
 
-        self.ready.clear()
+        # A pipe, not an Event: a semaphore held by a SIGKILLed engine would leak.
+        self.ready, said_ready = self.context.Pipe(duplex=False)
         p = self.context.Process(
             target=run_engine,
-            args=(self.spec, self.settings, self.rundir, self.ready, os.getpid()),
+            args=(self.spec, self.settings, self.rundir, said_ready, os.getpid()),
             name="seqserve-engine",
         )
         p.start()
+        said_ready.close()  # the engine's end: EOF here once it is gone
         return p
 
     def start_front(self, index: int) -> SpawnProcess:
@@ -83,10 +85,9 @@ class Host:
         was_ready = announced = False
         code = 0
         while not self.stopping:
-            # Once ready, the event stays set and wait() would return at once: sleep instead.
             if was_ready:
                 time.sleep(POLL_S)
-            elif self.ready.wait(POLL_S):
+            elif self.ready.poll(POLL_S) and self._said_ready():
                 was_ready = True
                 if not announced:
                     announced = True
@@ -116,6 +117,12 @@ class Host:
         self._shut_down(list(fronts.values()), engine)
         shutil.rmtree(self.rundir, ignore_errors=True)
         return code
+
+    def _said_ready(self) -> bool:
+        try:
+            return bool(self.ready.recv())
+        except EOFError:  # the engine is gone: the loop sees it next
+            return False
 
     def _stop(self, *_: object) -> None:
         self.stopping = True
