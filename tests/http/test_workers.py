@@ -313,3 +313,31 @@ def test_the_connection_bound_is_the_hosts(model_path: Path) -> None:
         for sock in socks:
             sock.close()
         s.close()
+
+
+def test_the_token_and_the_updates_folder_hold_for_the_host(
+    model_path: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "updates"
+    folder.mkdir()
+    s = Server(model_path, "--workers", "2", "--auth-token", "t", "--updates-dir", str(folder))
+    auth = {"Authorization": "Bearer t"}
+    try:
+        s.wait_ready()
+        with httpx.Client(base_url=s.url, timeout=30) as c:
+            assert c.post("/predictions/small", json={"features": IDS}).status_code == 401
+            assert c.get("/models/small").status_code == 401
+            r = c.post("/predictions/small", json={"features": IDS}, headers=auth)
+            assert r.status_code == 200 and exact(s, r, IDS)
+        rows = np.full((2, 16), 7.0, np.float32)
+        delta = save({"items.ids": np.asarray([200, 201], np.int64), "items.rows": rows})
+        (folder / "0001.tmp").write_bytes(delta)
+        (folder / "0001.tmp").rename(folder / "0001.safetensors")
+        wait_until(lambda: (folder / "applied" / "0001.safetensors").exists())
+        for _ in range(6):  # every front serves the one version the engine moved to, once
+            with httpx.Client(base_url=s.url, timeout=30, headers=auth) as c:
+                r = c.post("/predictions/small", json={"features": {"item_id": [200, 201]}})
+            assert r.headers["x-model-version"] == "2"
+            assert np.all(np.asarray(r.json()["embeddings"]["item_id"]) == 7.0)
+    finally:
+        s.close()
