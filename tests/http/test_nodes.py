@@ -144,3 +144,25 @@ def test_a_front_waiting_for_its_workers_stops_at_once(tmp_path: Path) -> None:
         assert "ready on" not in out and "failed to start" not in out, out
     finally:
         server.close()
+
+
+def test_two_nodes_under_two_front_processes(tmp_path: Path) -> None:
+    """--workers 2 on the first host: the engine process leads the group across both nodes."""
+    model = write_model(tmp_path, {**MODEL, "sharding": SHARDING})
+    port = free_port()
+    server = Server(
+        model, "--workers", "2", "--nnodes", "2", "--master-port", str(port), "--cluster-key", KEY
+    )
+    node1 = worker(port)
+    try:
+        server.wait_ready(180)
+        for _ in range(6):  # connections of their own: both fronts answer
+            with httpx.Client(base_url=server.url, timeout=30) as c:
+                r = c.post("/predictions/small", json={"features": REQUEST})
+            assert r.status_code == 200, r.text
+            for f, ids in REQUEST.items():
+                assert same_bits(np.asarray(r.json()["embeddings"][f]), server.rows(f, ids)), f
+        assert server.terminate() == 0
+    finally:
+        stop(node1, signal.SIGTERM)
+        server.close()
