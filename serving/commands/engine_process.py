@@ -1,5 +1,6 @@
 """The engine process of a `--workers N` host (serving/commands/host.py): the engine, the
-batcher, versions and `--updates-dir`, serving the fronts over ZMQ (serving/core/engine_server.py).
+batcher, versions and `--updates-dir`, serving the fronts over a Unix socket
+(serving/core/engine_server.py).
 SIGTERM (sent once the fronts have stopped) answers what is queued, closes the engine, prints
 what the host answered, and exits 0.
 """
@@ -33,7 +34,7 @@ async def _serve(spec: ModelSpec, settings: ServerSettings, rundir: str, ready: 
 
     service = Service(settings, for_settings(spec, settings))
     server = EngineServer(service, rundir)
-    server.start()
+    await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,5 +1,6 @@
-"""The engine process's side of a `--workers N` host: one ZMQ ROUTER socket that every front
-process talks to (serving/core/wire.py), over the one `Service` of the host.
+"""The engine process's side of a `--workers N` host: a Unix socket every front process
+connects to (serving/core/wire.py, serving/core/channel.py), over the one `Service` of the
+host.
 
 A front's flush becomes one batcher item standing for its requests, so flushes from every front
 batch together, one version per answer still holds (an update commits between two batches),
@@ -19,10 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import zmq
-
 from serving.core import metrics, wire
-from serving.core.channel import HIGH_WATER, Channel
+from serving.core.channel import Frames, Full, Link
 from serving.core.host import Totals
 from serving.core.service import Service
 from serving.engine.base import Ids
@@ -45,7 +44,7 @@ class FrontRecord:
 
 @dataclass
 class _Gather:
-    waiting: set[bytes]
+    waiting: set[Link]
     done: asyncio.Future[None]
 
 
@@ -55,7 +54,7 @@ class EngineServer:
         self.endpoint = wire.endpoint(rundir)
         self.counters = wire.counters(rundir, "engine", os.getpid())
         self.layout = wire.Layout.of(service.spec)
-        self.fronts: dict[bytes, FrontRecord] = {}
+        self.fronts: dict[Link, FrontRecord] = {}
         self._gathers: dict[int, _Gather] = {}
         self._ids = itertools.count(1)
         self._calls: dict[str, Callable[..., Any]] = {
@@ -65,19 +64,20 @@ class EngineServer:
             "totals": self._totals,
         }
 
-    def start(self) -> None:
-        sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.ROUTER)
-        sock.setsockopt(zmq.RCVHWM, HIGH_WATER)
-        sock.setsockopt(zmq.SNDHWM, HIGH_WATER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.bind(self.endpoint)
-        self.channel = Channel(sock, self._on_message)
-        self._keeping = asyncio.get_running_loop().create_task(self._keep_counters())
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        # A socket file left by an engine that died is replaced (asyncio removes it).
+        self.server = await loop.create_unix_server(
+            lambda: Link(self._on_message, self._on_lost), self.endpoint
+        )
+        self._keeping = loop.create_task(self._keep_counters())
 
     def close(self) -> None:
         self._keeping.cancel()
         metrics.store(self.service.metrics.snapshot(), self.counters)
-        self.channel.close()
+        self.server.close()
+        for link in list(self.fronts):
+            link.close()
 
     async def _keep_counters(self) -> None:
         """This process's counters on disk, so a new engine's totals still count them."""
@@ -85,88 +85,95 @@ class EngineServer:
             metrics.store(self.service.metrics.snapshot(), self.counters)
             await asyncio.sleep(HEARTBEAT_S)
 
-    def _send(self, frames: list[Any]) -> None:
+    def _send(self, link: Link, frames: list[Any]) -> None:
         try:
-            self.channel.send(frames)
-        except zmq.Again:  # the front is gone or not reading: its requests fail there
+            link.send(frames)
+        except Full:  # the front is not reading: it fails its requests itself when it is lost
             log.warning("a front is not taking answers; one message to it was dropped")
+        except Exception:  # gone: nobody waits for the answer
+            pass
 
-    def _on_message(self, frames: list[zmq.Frame]) -> None:
-        ident, kind = frames[0].bytes, frames[1].bytes
-        front = self.fronts.get(ident)
+    def _on_lost(self, link: Link) -> None:
+        front = self.fronts.get(link)
+        if front is not None:
+            front.seen = 0.0  # not live: its stored counters count from now on
+
+    def _on_message(self, link: Link, frames: Frames) -> None:
+        kind = bytes(frames[0])
+        front = self.fronts.get(link)
         if front is not None:
             front.seen = time.monotonic()
         if kind == wire.PREDICT:
-            self._predict(ident, frames)
+            self._predict(link, frames)
         elif kind == wire.CALL:
-            asyncio.get_running_loop().create_task(self._call(ident, frames))
+            asyncio.get_running_loop().create_task(self._call(link, frames))
         elif kind == wire.COUNTERS:
-            self._counters(ident, frames)
+            self._counters(link, frames)
 
     # -- predictions: one item per flush ---------------------------------------------------
 
-    def _predict(self, ident: bytes, frames: list[zmq.Frame]) -> None:
-        flush, deadline, requests = wire.unpack(frames[2].buffer)
-        sequences = wire.unpack_sequences(self.layout, frames[3].buffer, frames[4].buffer)
+    def _predict(self, link: Link, frames: Frames) -> None:
+        flush, deadline, requests = wire.unpack(frames[1])
+        sequences = wire.unpack_sequences(self.layout, frames[2], frames[3])
         try:
             future = self.service.submit(sequences, deadline, None, requests)
         except Exception as e:  # QueueFull, or shutting down
-            self._send([ident, wire.ANSWER, wire.pack([flush, 0, wire.error_of(e)]), b""])
+            self._send(link, [wire.ANSWER, wire.pack([flush, 0, wire.error_of(e)]), b""])
             return
-        future.add_done_callback(lambda f: self._answer(ident, flush, sequences, f))
+        future.add_done_callback(lambda f: self._answer(link, flush, sequences, f))
 
-    def _answer(self, ident: bytes, flush: int, sequences: list[Ids], future: Any) -> None:
+    def _answer(self, link: Link, flush: int, sequences: list[Ids], future: Any) -> None:
         error = None if future.cancelled() else future.exception()
         if future.cancelled() or error is not None:
             failure = wire.error_of(error or asyncio.CancelledError())
-            self._send([ident, wire.ANSWER, wire.pack([flush, 0, failure]), b""])
+            self._send(link, [wire.ANSWER, wire.pack([flush, 0, failure]), b""])
             return
         predicted = future.result()
         rows = wire.pack_rows(self.layout, sequences, predicted.answers)
-        self._send([ident, wire.ANSWER, wire.pack([flush, predicted.version, None]), rows])
+        self._send(link, [wire.ANSWER, wire.pack([flush, predicted.version, None]), rows])
 
     # -- calls ----------------------------------------------------------------------------
 
-    async def _call(self, ident: bytes, frames: list[zmq.Frame]) -> None:
-        call, method, args = wire.unpack(frames[2].buffer)
+    async def _call(self, link: Link, frames: Frames) -> None:
+        call, method, args = wire.unpack(frames[1])
         try:
-            value = await self._calls[method](ident, args, frames[3:])
+            value = await self._calls[method](link, args, frames[2:])
             reply = [call, None, value]
         except Exception as e:
             if not isinstance(e, SeqServeError):
                 log.exception("call %s failed", method)
             reply = [call, wire.error_of(e), None]
-        self._send([ident, wire.RESULT, wire.pack(reply)])
+        self._send(link, [wire.RESULT, wire.pack(reply)])
 
-    async def _state(self, ident: bytes, args: dict[str, Any], _: Any) -> dict[str, Any]:
+    async def _state(self, link: Link, args: dict[str, Any], _: Any) -> dict[str, Any]:
         """A front's heartbeat: who it is and its counters; the answer: the engine's state."""
-        record = self.fronts.get(ident)
+        record = self.fronts.get(link)
         if record is None:
-            record = self.fronts[ident] = FrontRecord(args["pid"], args["index"], 0.0)
+            record = self.fronts[link] = FrontRecord(args["pid"], args["index"], 0.0)
         record.seen = time.monotonic()
         record.snapshot = args["counters"]
         service = self.service
         return {"ready": service.ready, "version": service.version, "pid": os.getpid()}
 
-    def live_fronts(self) -> list[tuple[bytes, FrontRecord]]:
+    def live_fronts(self) -> list[tuple[Link, FrontRecord]]:
         now = time.monotonic()
         return sorted(
-            ((i, f) for i, f in self.fronts.items() if now - f.seen < LOST_S),
+            ((i, f) for i, f in self.fronts.items() if i.open and now - f.seen < LOST_S),
             key=lambda x: x[1].index,
         )
 
-    async def _describe(self, ident: bytes, args: Any, _: Any) -> dict[str, Any]:
+    async def _describe(self, link: Link, args: Any, _: Any) -> dict[str, Any]:
         doc = await self.service.describe()
         fronts = [{"kind": "front", "index": f.index, "pid": f.pid} for _, f in self.live_fronts()]
         doc["processes"] = [*doc["processes"], *fronts]
         return doc
 
-    async def _change(self, ident: bytes, args: list[str], body: list[zmq.Frame]) -> list[int]:
+    async def _change(self, link: Link, args: list[str], body: Frames) -> list[int]:
         kind, source = args
-        changed = await self.service.change(body[0].bytes, kind, source)
+        changed = await self.service.change(bytes(body[0]), kind, source)
         return [changed.version, changed.rows]
 
-    async def _totals(self, ident: bytes, args: Any, _: Any) -> dict[str, Any]:
+    async def _totals(self, link: Link, args: Any, _: Any) -> dict[str, Any]:
         totals = await self.totals()
         return {"snapshot": totals.snapshot, "gauges": totals.gauges}
 
@@ -176,13 +183,13 @@ class EngineServer:
         """The engine's counters and every live front's, fresh (asked now), and the stored
         counters of the host's processes that are gone (earlier engines and fronts)."""
         fronts = self.live_fronts()
-        live = [ident for ident, _ in fronts]
+        live = [link for link, _ in fronts]
         if fresh and live:
             gather_id = next(self._ids)
             gather = _Gather(set(live), asyncio.get_running_loop().create_future())
             self._gathers[gather_id] = gather
-            for ident in live:
-                self._send([ident, wire.REPORT, wire.pack(gather_id)])
+            for link in live:
+                self._send(link, [wire.REPORT, wire.pack(gather_id)])
             try:
                 await asyncio.wait_for(asyncio.shield(gather.done), GATHER_S)
             except TimeoutError:
@@ -193,13 +200,13 @@ class EngineServer:
         snapshots = [own, *(f.snapshot for _, f in fronts), *gone]
         return Totals(metrics.add(snapshots), self.service.gauges())
 
-    def _counters(self, ident: bytes, frames: list[zmq.Frame]) -> None:
-        gather_id, snapshot = wire.unpack(frames[2].buffer)
-        record = self.fronts.get(ident)
+    def _counters(self, link: Link, frames: Frames) -> None:
+        gather_id, snapshot = wire.unpack(frames[1])
+        record = self.fronts.get(link)
         if record is not None:
             record.snapshot = snapshot
         gather = self._gathers.get(gather_id)
         if gather is not None:
-            gather.waiting.discard(ident)
+            gather.waiting.discard(link)
             if not gather.waiting and not gather.done.done():
                 gather.done.set_result(None)

@@ -1,5 +1,6 @@
-"""A front process's host: the engine runs in the host's engine process, reached over ZMQ
-(serving/core/wire.py; the engine's side is serving/core/engine_server.py).
+"""A front process's host: the engine runs in the host's engine process, reached over a Unix
+socket (serving/core/wire.py, serving/core/channel.py; the engine's side is
+serving/core/engine_server.py).
 
 `predict` queues a request, and the queued requests go together in one message (a flush;
 split where it would be more than a batch): at the end of the event-loop turn when none of
@@ -9,7 +10,7 @@ requests a message instead of 6 at 32 clients over 2 fronts: 5-12% more req/s, 6
 a request, docs/workers.md). The engine answers each flush
 with one message: rows as one float32 frame, which the answers are views of, and the version
 they came from. Readiness and the version come with a heartbeat every HEARTBEAT_S. When the
-engine process goes away (its socket disconnects, or it stays silent LOST_S), every request
+engine process goes away (its connection is lost, or it stays silent LOST_S), every request
 waiting on it fails at once with EngineUnavailable (503, Retry-After), and so does admission
 until a new engine is warm.
 """
@@ -24,12 +25,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import zmq
-from zmq.utils.monitor import parse_monitor_message
-
 from serving.config import ModelSpec
 from serving.core import metrics, wire
-from serving.core.channel import HIGH_WATER, Channel
+from serving.core.channel import Closed, Frames, Full, Link
 from serving.core.engine_server import HEARTBEAT_S, LOST_S
 from serving.core.host import Changed, Host, Predicted, Totals
 from serving.engine.base import Ids
@@ -65,7 +63,7 @@ class RemoteService(Host):
         self.index = index
         self.layout = wire.Layout.of(spec)
         self._engine_ready = False
-        self._connected = False
+        self.link = Link(self._on_message, self._on_lost)
         self._waiting: list[_Waiting] = []
         self._flights: dict[int, _Flight] = {}
         self._calls: dict[int, asyncio.Future[Any]] = {}
@@ -79,18 +77,6 @@ class RemoteService(Host):
         on_ready: Callable[[], None] | None = None,
         on_fatal: Callable[[BaseException], None] | None = None,
     ) -> None:
-        sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
-        sock.setsockopt(zmq.SNDHWM, HIGH_WATER)
-        sock.setsockopt(zmq.RCVHWM, HIGH_WATER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing towards an engine that is not there
-        sock.setsockopt(zmq.RECONNECT_IVL, 50)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 200)
-        events = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
-        monitor = sock.get_monitor_socket(events)
-        sock.connect(self.endpoint)
-        self.channel = Channel(sock, self._on_message)
-        self.monitor = Channel(monitor, self._on_event)
         self._heard = asyncio.Event()
         self._tasks.append(asyncio.get_running_loop().create_task(self._heartbeat()))
         await self._heard.wait()
@@ -103,24 +89,25 @@ class RemoteService(Host):
             await self._call("state", self._hello(), timeout=1.0)
         metrics.store(self.metrics.snapshot(), self.counters)
         self._lost("the front is stopping")
-        self.channel.sock.disable_monitor()
-        self.monitor.close()
-        self.channel.close()
+        self.link.on_lost = None
+        self.link.close()
 
     @property
     def ready(self) -> bool:
-        return self._engine_ready and self._connected
+        return self._engine_ready and self.link.open
 
-    def _on_event(self, frames: list[zmq.Frame]) -> None:
-        event = parse_monitor_message([f.bytes for f in frames])["event"]
-        if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-            self._connected = True
-        elif event == zmq.EVENT_DISCONNECTED:
-            self._lost("the engine process went away; a new one is starting")
+    async def _connect(self) -> None:
+        """Connect to the engine process's socket, once it is there."""
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(OSError):  # no engine (yet): the next heartbeat tries again
+            await loop.create_unix_connection(lambda: self.link, self.endpoint)
+
+    def _on_lost(self, link: Link) -> None:
+        self._lost("the engine process went away; a new one is starting")
 
     def _lost(self, why: str) -> None:
         """The engine is gone: nothing in flight will be answered."""
-        self._connected = self._engine_ready = False
+        self._engine_ready = False
         error = EngineUnavailable(why)
         flights, self._flights = self._flights, {}
         for flight in flights.values():
@@ -139,9 +126,10 @@ class RemoteService(Host):
 
     async def _heartbeat(self) -> None:
         while True:
+            if not self.link.open:
+                await self._connect()
             try:
                 state = await self._call("state", self._hello(), timeout=LOST_S)
-                self._connected = True  # an answer: whatever the monitor has not said yet
                 self._engine_ready = bool(state["ready"])
                 self.version = int(state["version"])
                 self._heard.set()
@@ -207,24 +195,24 @@ class RemoteService(Host):
         try:
             if not self.ready:
                 raise EngineUnavailable("the model is not ready: the engine process is starting")
-            self.channel.send([wire.PREDICT, head, lengths, ids])
-        except (zmq.Again, EngineUnavailable) as e:
-            error = (
-                e
-                if isinstance(e, EngineUnavailable)
-                else QueueFull("the engine's queue is full: retry later")
-            )
+            self.link.send([wire.PREDICT, head, lengths, ids])
+        except (Closed, Full, EngineUnavailable) as e:
+            error: Exception = QueueFull("the engine's queue is full: retry later")
+            if isinstance(e, EngineUnavailable):
+                error = e
+            elif isinstance(e, Closed):
+                error = EngineUnavailable("the engine process is not reachable")
             for future in flight.futures:
                 future.set_exception(error)
             return
         self._flights[flush] = flight
 
-    def _on_message(self, frames: list[zmq.Frame]) -> None:
-        kind = frames[0].bytes
+    def _on_message(self, link: Link, frames: Frames) -> None:
+        kind = bytes(frames[0])
         if kind == wire.ANSWER:
             self._answer(frames)
         elif kind == wire.RESULT:
-            call, error, value = wire.unpack(frames[1].buffer)
+            call, error, value = wire.unpack(frames[1])
             future = self._calls.pop(call, None)
             if future is not None and not future.done():
                 if error:
@@ -235,13 +223,13 @@ class RemoteService(Host):
                 else:
                     future.set_result(value)
         elif kind == wire.REPORT:
-            gather = wire.unpack(frames[1].buffer)
+            gather = wire.unpack(frames[1])
             # If it cannot be sent, the engine uses the counters of the last heartbeat.
-            with contextlib.suppress(zmq.Again):
-                self.channel.send([wire.COUNTERS, wire.pack([gather, self.metrics.snapshot()])])
+            with contextlib.suppress(Closed, Full):
+                self.link.send([wire.COUNTERS, wire.pack([gather, self.metrics.snapshot()])])
 
-    def _answer(self, frames: list[zmq.Frame]) -> None:
-        flush, version, error = wire.unpack(frames[1].buffer)
+    def _answer(self, frames: Frames) -> None:
+        flush, version, error = wire.unpack(frames[1])
         flight = self._flights.pop(flush, None)
         if flight is None:  # its requests already failed (the engine was lost meanwhile)
             return
@@ -255,7 +243,7 @@ class RemoteService(Host):
                     if not future.done():
                         future.set_exception(e)
             return
-        answers = wire.unpack_rows(self.layout, flight.sequences, frames[2].buffer)
+        answers = wire.unpack_rows(self.layout, flight.sequences, frames[2])
         at = 0
         for future, n in zip(flight.futures, flight.counts, strict=True):
             if not future.done():
@@ -273,8 +261,8 @@ class RemoteService(Host):
         if body is not None:
             frames.append(body)
         try:
-            self.channel.send(frames)
-        except zmq.Again:
+            self.link.send(frames)
+        except (Closed, Full):
             raise EngineUnavailable("the engine process is not reachable") from None
         self._calls[call] = future
         try:

@@ -1,5 +1,5 @@
-"""The messages between a host's front processes and its engine process (docs/engines.md,
-"Fronts and the engine"), as ZMQ multipart frames. Torch-free: both sides import it.
+"""The messages between a host's front processes and its engine process (docs/workers.md),
+as frames (serving/core/channel.py). Torch-free: both sides import it.
 
 A front sends one `PREDICT` per flush (the requests its event loop gathered in one turn): a
 header, the lengths of every sequence's features as one int32 frame (spec feature order, -1
@@ -32,7 +32,7 @@ PREDICT, ANSWER, CALL, RESULT, REPORT, COUNTERS = b"P", b"A", b"C", b"R", b"Q", 
 
 def endpoint(rundir: str) -> str:
     """The engine's socket, in the host's run folder."""
-    return f"ipc://{rundir}/engine"
+    return f"{rundir}/engine.sock"
 
 
 def counters(rundir: str, kind: str, pid: int) -> Path:
