@@ -34,6 +34,8 @@ from serving.engine.base import Ids
 from serving.errors import EngineUnavailable, QueueFull
 from serving.settings import ServerSettings
 
+HEAR_S = 5.0  # how long a starting front waits to hear from the engine before it listens
+
 # A request waiting for its flush: its sequences, its future, its deadline, whether its
 # client left.
 _Waiting = tuple[list[Ids], "asyncio.Future[Predicted | None]", float, Callable[[], bool] | None]
@@ -79,7 +81,11 @@ class RemoteService(Host):
     ) -> None:
         self._heard = asyncio.Event()
         self._tasks.append(asyncio.get_running_loop().create_task(self._heartbeat()))
-        await self._heard.wait()
+        # Beside a serving engine this takes a heartbeat; at the host's start, a front that has
+        # not heard from the engine in HEAR_S listens anyway (503 until the engine is warm), so
+        # that a SIGTERM meanwhile stops it rather than waiting on a start that may never end.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._heard.wait(), HEAR_S)
 
     async def stop(self) -> None:
         """Send this front's last counters, then close."""
