@@ -61,9 +61,13 @@ class Link(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's: not a subclass
+        # A front's link outlives its connection (it reconnects to a new engine): the part of
+        # a message the dead peer never finished must not prefix the new peer's first one.
+        self._pending.clear()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self._pending.clear()
         if self.on_lost is not None:
             self.on_lost(self)
 

@@ -142,6 +142,9 @@ class RemoteService(Host):
             except EngineUnavailable:
                 if self._flights or self._engine_ready:
                     self._lost("the engine process stopped answering; a new one is starting")
+                # A connection that carries no answers is dropped: the next heartbeat connects
+                # afresh, to whichever engine listens on the socket by then.
+                self.link.close()
             # Where they outlive this process: the host's totals keep them if it dies.
             metrics.store(self.metrics.snapshot(), self.counters)
             await asyncio.sleep(HEARTBEAT_S)
