@@ -69,6 +69,17 @@ class Batcher(Generic[T, R]):
         """Sequences waiting, not counting the batch being processed."""
         return self._queued
 
+    @property
+    def room(self) -> int:
+        """Sequences the queue takes before its bound (`enqueue` raises QueueFull beyond)."""
+        return self._settings.max_queue - self._queued
+
+    def full(self) -> QueueFull:
+        """The error of an item beyond the bound."""
+        return QueueFull(
+            f"batch queue is full ({self._settings.max_queue} sequences waiting, at most)"
+        )
+
     def start(self) -> None:
         if self._task is not None:
             raise RuntimeError("batcher already started")
@@ -88,9 +99,8 @@ class Batcher(Generic[T, R]):
         its batch ran). Cancelling the future drops the item if its batch has not started."""
         if self._closed:
             raise EngineUnavailable("shutting down")
-        limit = self._settings.max_queue
-        if self._queued + size > limit:
-            raise QueueFull(f"batch queue is full ({limit} sequences waiting, at most)")
+        if self._queued + size > self._settings.max_queue:
+            raise self.full()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         pending = _Pending(item, cost, size, deadline, gone, future, loop.time(), requests)

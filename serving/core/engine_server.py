@@ -113,24 +113,36 @@ class EngineServer:
     # -- predictions: one item per flush ---------------------------------------------------
 
     def _predict(self, link: Link, frames: Frames) -> None:
-        flush, deadline, requests = wire.unpack(frames[1])
+        flush, deadline, counts = wire.unpack(frames[1])
         sequences = wire.unpack_sequences(self.layout, frames[2], frames[3])
+        # As if its requests came one by one: those that fit the queue go in, the others get
+        # QueueFull (a flush is not refused whole for being bigger than the room left).
+        batcher = self.service.batcher
+        taken, size = _fitting(counts, batcher.room)
+        rest = None
+        if taken < len(counts):
+            rest, sequences = wire.error_of(batcher.full()), sequences[:size]
         try:
-            future = self.service.submit(sequences, deadline, None, requests)
+            if not taken:
+                raise batcher.full()
+            future = self.service.submit(sequences, deadline, None, taken)
         except Exception as e:  # QueueFull, or shutting down
-            self._send(link, [wire.ANSWER, wire.pack([flush, 0, wire.error_of(e)]), b""])
+            self._send(link, [wire.ANSWER, wire.pack([flush, 0, 0, wire.error_of(e)]), b""])
             return
-        future.add_done_callback(lambda f: self._answer(link, flush, sequences, f))
+        future.add_done_callback(lambda f: self._answer(link, flush, sequences, taken, rest, f))
 
-    def _answer(self, link: Link, flush: int, sequences: list[Ids], future: Any) -> None:
+    def _answer(
+        self, link: Link, flush: int, sequences: list[Ids], taken: int, rest: Any, future: Any
+    ) -> None:
         error = None if future.cancelled() else future.exception()
         if future.cancelled() or error is not None:
             failure = wire.error_of(error or asyncio.CancelledError())
-            self._send(link, [wire.ANSWER, wire.pack([flush, 0, failure]), b""])
+            self._send(link, [wire.ANSWER, wire.pack([flush, 0, 0, failure]), b""])
             return
         predicted = future.result()
         rows = wire.pack_rows(self.layout, sequences, predicted.answers)
-        self._send(link, [wire.ANSWER, wire.pack([flush, predicted.version, None]), rows])
+        head = wire.pack([flush, predicted.version, taken, rest])
+        self._send(link, [wire.ANSWER, head, rows])
 
     # -- calls ----------------------------------------------------------------------------
 
@@ -210,3 +222,13 @@ class EngineServer:
             gather.waiting.discard(link)
             if not gather.waiting and not gather.done.done():
                 gather.done.set_result(None)
+
+
+def _fitting(counts: list[int], room: int) -> tuple[int, int]:
+    """How many of the first requests (sequence `counts`) fit `room`, and their sequences."""
+    taken = size = 0
+    for n in counts:
+        if size + n > room:
+            break
+        taken, size = taken + 1, size + n
+    return taken, size

@@ -200,7 +200,7 @@ class RemoteService(Host):
     def _send(self, flight: _Flight, deadline: float) -> None:
         flush = next(self._ids)
         lengths, ids = wire.pack_sequences(self.layout, flight.sequences)
-        head = wire.pack([flush, deadline, len(flight.futures)])
+        head = wire.pack([flush, deadline, flight.counts])
         try:
             if not self.ready:
                 raise EngineUnavailable("the model is not ready: the engine process is starting")
@@ -238,7 +238,8 @@ class RemoteService(Host):
                 self.link.send([wire.COUNTERS, wire.pack([gather, self.metrics.snapshot()])])
 
     def _answer(self, frames: Frames) -> None:
-        flush, version, error = wire.unpack(frames[1])
+        # The engine took the flush's first `taken` requests; `error` is the others'.
+        flush, version, taken, error = wire.unpack(frames[1])
         flight = self._flights.pop(flush, None)
         if flight is None:  # its requests already failed (the engine was lost meanwhile)
             return
@@ -248,13 +249,15 @@ class RemoteService(Host):
             try:
                 wire.raise_error(error)
             except Exception as e:
-                for future in flight.futures:
+                for future in flight.futures[taken:]:
                     if not future.done():
                         future.set_exception(e)
+        if not taken:
             return
-        answers = wire.unpack_rows(self.layout, flight.sequences, frames[2])
+        counts = flight.counts[:taken]
+        answers = wire.unpack_rows(self.layout, flight.sequences[: sum(counts)], frames[2])
         at = 0
-        for future, n in zip(flight.futures, flight.counts, strict=True):
+        for future, n in zip(flight.futures, counts, strict=False):
             if not future.done():
                 future.set_result(Predicted(answers[at : at + n], version))
             at += n

@@ -2,11 +2,13 @@
 as frames (serving/core/channel.py). Torch-free: both sides import it.
 
 A front sends one `PREDICT` per flush (the requests its event loop gathered in one turn): a
-header, the lengths of every sequence's features as one int32 frame (spec feature order, -1
-for a feature the sequence does not name) and every id as one int64 frame. The engine answers
-with one `ANSWER`: a header (the version every row came from, or an error) and every row as one
-float32 frame, in the same order. Neither side copies ids or rows into Python objects: the
-frames are numpy views.
+header (its deadline and each request's sequence count), the lengths of every sequence's
+features as one int32 frame (spec feature order, -1 for a feature the sequence does not name)
+and every id as one int64 frame. The engine answers with one `ANSWER`: a header (the version
+every row came from, how many of the flush's requests it took, and the error of the others:
+QueueFull when the queue had room for only the first few, as it would admit them one by one)
+and the rows of the requests it took as one float32 frame, in the same order. Neither side
+copies ids or rows into Python objects: the frames are numpy views.
 
 Everything else is a small call: `CALL` (a method name and msgpack arguments) answered by
 `RESULT`; and the engine asks every front for its counters with `REPORT` (answered by

@@ -321,6 +321,35 @@ def test_sigterm_under_load_drains_every_front_and_exits_0(model_path: Path) -> 
         s.close()
 
 
+def test_the_queue_bound_is_the_hosts_and_answers_queuefull(model_path: Path) -> None:
+    s = Server(model_path, "--workers", "2", "--max-queue", "2")
+    outcomes: list[str] = []
+    try:
+        s.wait_ready()
+        wait_until(lambda: len(processes(s).get("front", [])) == 2)
+
+        def client() -> None:
+            with httpx.Client(base_url=s.url, timeout=30) as c:
+                for _ in range(30):
+                    r = c.post("/predictions/small", json={"features": IDS})
+                    if r.status_code == 200:
+                        outcomes.append("exact" if exact(s, r, IDS) else "wrong")
+                    elif r.status_code == 503 and r.headers.get("retry-after"):
+                        outcomes.append(r.json()["type"])
+                    else:
+                        outcomes.append(f"{r.status_code} {r.text}")
+
+        threads = [threading.Thread(target=client) for _ in range(24)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert len(outcomes) == 24 * 30
+        assert set(outcomes) == {"exact", "QueueFull"}, set(outcomes)
+    finally:
+        s.close()
+
+
 def test_the_connection_bound_is_the_hosts(model_path: Path) -> None:
     s = Server(model_path, "--workers", "2", "--max-connections", "4")
     socks: list[socket.socket] = []
