@@ -37,9 +37,19 @@ def _serve(args: argparse.Namespace) -> int:
     if taken:
         print(f"seqserve: error: {taken}", file=sys.stderr, flush=True)
         return 2
+    from serving.config import load_spec
+
+    if settings.workers > 1:  # the parent stays torch-free: the engine process checks weights
+        from serving.commands.exposure import refused
+        from serving.commands.host import run_host
+
+        return (
+            2
+            if refused(settings)
+            else run_host(load_spec(args.model) if args.model else None, settings)
+        )
     from serving.commands.demo import demo_spec
     from serving.commands.serve import serve
-    from serving.config import load_spec
     from serving.engine.devices import gpu_count
 
     spec = load_spec(args.model) if args.model else demo_spec(gpu_count())

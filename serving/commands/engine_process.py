@@ -18,11 +18,28 @@ from serving.settings import ServerSettings
 
 
 def run_engine(
-    spec: ModelSpec, settings: ServerSettings, rundir: str, ready: Connection, parent_pid: int
+    spec: ModelSpec | None,
+    settings: ServerSettings,
+    rundir: str,
+    ready: Connection,
+    parent_pid: int,
 ) -> None:
+    """Settle the spec (None: the demo, for the GPUs this process sees), check its weights,
+    send it to the parent (the fronts start with it), then serve."""
+    from serving.commands.demo import demo_spec
     from serving.commands.lifeline import die_with_parent
+    from serving.engine import weights
+    from serving.engine.devices import gpu_count
+    from serving.errors import SeqServeError
 
     die_with_parent(parent_pid)
+    try:
+        spec = spec or demo_spec(gpu_count())
+        weights.check(spec)  # a bad weights file fails here, in one line, before any rank
+    except SeqServeError as e:
+        print(f"seqserve: error: {e}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    ready.send(spec)
     raise SystemExit(asyncio.run(_serve(spec, settings, rundir, ready)))
 
 

@@ -8,6 +8,10 @@ engine that fails before it was ready stops the host with its error (a bad spec 
 fail again). SIGTERM or SIGINT stops the fronts first (each finishes what it has in flight),
 then the engine, and exits 0. Every child dies with the parent, even a SIGKILLed one
 (PR_SET_PDEATHSIG), so a restart finds the ports free.
+
+The parent never imports torch (370 MB it would hold for nothing): the engine process settles
+the spec (the demo's depends on the GPUs it sees) and checks the weights, then sends the spec
+on its pipe; the fronts start with it.
 """
 
 from __future__ import annotations
@@ -34,13 +38,14 @@ def say(message: str) -> None:
 
 
 class Host:
-    def __init__(self, spec: ModelSpec, settings: ServerSettings):
-        self.spec = spec
+    def __init__(self, spec: ModelSpec | None, settings: ServerSettings):
+        self.spec = spec  # None: the demo, settled by the engine process
         self.settings = settings
         self.context = multiprocessing.get_context("spawn")
         self.rundir = tempfile.mkdtemp(prefix="seqserve-")
         self.stopping = False
-        self.ready: Connection  # the engine says it is ready (once) on this pipe
+        # The engine sends the spec it serves, then True once it is ready, on this pipe.
+        self.ready: Connection
 
     def start_engine(self) -> SpawnProcess:
         from serving.commands.engine_process import run_engine
@@ -73,26 +78,33 @@ class Host:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._stop)
         settings = self.settings
+        name = f"'{self.spec.name}'" if self.spec else "the demo"
         print(
-            f"seqserve: starting {self.spec.sharding.world_size} ranks for '{self.spec.name}' "
-            f"in an engine process under {settings.workers} front processes ...",
+            f"seqserve: starting an engine process for {name} under {settings.workers} front "
+            "processes ...",
             flush=True,
         )
         engine = self.start_engine()
-        fronts = {i: self.start_front(i) for i in range(settings.workers)}
-        started = {i: time.monotonic() for i in fronts}
-        quick_deaths = dict.fromkeys(fronts, 0)
+        fronts: dict[int, SpawnProcess] = {}
+        started: dict[int, float] = {}
+        quick_deaths = dict.fromkeys(range(settings.workers), 0)
         was_ready = announced = False
         code = 0
         while not self.stopping:
             if was_ready:
                 time.sleep(POLL_S)
-            elif self.ready.poll(POLL_S) and self._said_ready():
-                was_ready = True
-                if not announced:
-                    announced = True
-                    kind = settings.engine or self.spec.sharding.engine
-                    print(banner(self.spec, settings, kind), flush=True)
+            elif self.ready.poll(POLL_S):
+                said = self._heard()
+                if isinstance(said, ModelSpec) and not fronts:
+                    self.spec = said
+                    for i in range(settings.workers):
+                        fronts[i], started[i] = self.start_front(i), time.monotonic()
+                elif said is True:
+                    was_ready = True
+                    if not announced and self.spec is not None:
+                        announced = True
+                        kind = settings.engine or self.spec.sharding.engine
+                        print(banner(self.spec, settings, kind), flush=True)
             if not engine.is_alive():
                 if not announced:  # it never served: a new one would fail the same way
                     say(f"the engine process exited ({engine.exitcode}) before it was ready")
@@ -118,11 +130,14 @@ class Host:
         shutil.rmtree(self.rundir, ignore_errors=True)
         return code
 
-    def _said_ready(self) -> bool:
+    def _heard(self) -> object:
+        """What the engine said: its spec, or True (ready); None once it is gone (the loop
+        sees that next)."""
         try:
-            return bool(self.ready.recv())
-        except EOFError:  # the engine is gone: the loop sees it next
-            return False
+            said: object = self.ready.recv()
+            return said
+        except EOFError:
+            return None
 
     def _stop(self, *_: object) -> None:
         self.stopping = True
@@ -144,5 +159,5 @@ class Host:
                     p.join()
 
 
-def run_host(spec: ModelSpec, settings: ServerSettings) -> int:
+def run_host(spec: ModelSpec | None, settings: ServerSettings) -> int:
     return Host(spec, settings).run()

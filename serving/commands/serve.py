@@ -9,6 +9,7 @@ import sys
 
 import uvicorn
 
+from serving.commands.exposure import refused
 from serving.config import ModelSpec
 from serving.core import metrics
 from serving.core.service import Service
@@ -25,37 +26,9 @@ def serve(spec: ModelSpec, settings: ServerSettings) -> int:
     if taken:
         print(f"seqserve: error: {taken}", file=sys.stderr, flush=True)
         return 2
-    exposed = settings.host not in ("127.0.0.1", "localhost", "::1")
-    # Switches that beyond loopback would hand the host to anyone without the token.
-    risky = (
-        (
-            settings.allow_shared_memory,
-            "--allow-shared-memory",
-            "read and write the server user's /dev/shm",
-        ),
-        (settings.allow_updates, "--allow-updates", "replace the weights"),
-    )
-    for on, flag, what in risky:
-        if exposed and on and not settings.auth_token:
-            print(
-                f"seqserve: error: {flag} on {settings.host} needs --auth-token: anyone who can "
-                f"reach this host could {what}",
-                file=sys.stderr,
-                flush=True,
-            )
-            return 2
-    if exposed and not settings.auth_token:
-        print(
-            f"seqserve: warning: binding {settings.host} with no --auth-token: anyone who can "
-            "reach this host can query the model",
-            file=sys.stderr,
-            flush=True,
-        )
+    if refused(settings):
+        return 2
     weights.check(spec)  # a bad weights file fails here, in one line, before any rank starts
-    if settings.workers > 1:
-        from serving.commands.host import run_host
-
-        return run_host(spec, settings)
     engine = for_settings(spec, settings)
     exit_code = 0
 

@@ -79,8 +79,10 @@ def test_processes_and_torch_free_fronts(host: Server) -> None:
     for pid in kinds["front"]:
         maps = Path(f"/proc/{pid}/maps").read_text()
         assert "libtorch" not in maps and "fbgemm" not in maps, f"front {pid} loaded torch"
+    parent_maps = Path(f"/proc/{host.proc.pid}/maps").read_text()
+    assert "libtorch" not in parent_maps, "the parent loaded torch"
     engine_maps = Path(f"/proc/{kinds['engine'][0]}/maps").read_text()
-    assert "libtorch" in engine_maps  # the check above can fail: the engine has it
+    assert "libtorch" in engine_maps  # the checks above can fail: the engine has it
 
 
 def test_native_json_and_msgpack_are_exact_across_fronts(host: Server) -> None:
@@ -257,10 +259,28 @@ def test_a_sigkilled_parent_leaves_no_process_and_free_ports(model_path: Path) -
         wait_until(lambda: len(processes(s).get("front", [])) == 2)
         kinds = processes(s)
         children = [*kinds["engine"], *kinds["front"]]
+        s.client.close()  # ours, or the kernel holds its closing connection a moment longer
         s.proc.kill()
         s.proc.wait()
         assert wait_gone(children), [p for p in children if alive(p)]
-        assert _bindable(s.port) and _bindable(s.grpc_port)
+        # No process holds the ports: they bind once the kernel has closed the dead ones'
+        # connections (at once, or within a retransmission).
+        wait_until(lambda: _bindable(s.port) and _bindable(s.grpc_port), 5)
+    finally:
+        s.close()
+
+
+def test_weights_that_do_not_load_stop_the_host_with_their_error(tmp_path: Path) -> None:
+    path = write_small_model(tmp_path)
+    text = path.read_text()
+    assert "num_embeddings: 5000" in text
+    path.write_text(text.replace("num_embeddings: 5000", "num_embeddings: 6000"))  # not the file's
+    s = Server(path, "--workers", "2")
+    try:
+        assert s.proc.wait(120) == 1
+        out = s.output()
+        assert "seqserve: error:" in out and "items" in out, out
+        assert "before it was ready" in out, out
     finally:
         s.close()
 

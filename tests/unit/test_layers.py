@@ -21,6 +21,7 @@ TORCH_FREE = (
     "serving.commands.front",  # a --workers N front process: the fronts, the core, uvicorn
     "serving.commands.host",  # its parent
     "serving.commands.lifeline",
+    "serving.commands.exposure",  # what serve refuses, run by the parent too
 )
 
 
