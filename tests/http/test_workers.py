@@ -104,6 +104,11 @@ def test_native_json_and_msgpack_are_exact_across_fronts(host: Server) -> None:
 
 
 def test_v2_rest_and_grpc_are_exact(host: Server) -> None:
+    v2_exact(host)
+
+
+def v2_exact(host: Server) -> None:
+    """Tritonclient over v2 REST and gRPC, a connection each: exact rows."""
     for mod, url in ((th, host.url.removeprefix("http://")), (tg, host.grpc_url)):
         client = mod.InferenceServerClient(url)
         try:
@@ -292,6 +297,7 @@ def test_the_distributed_engine_under_two_fronts(tmp_path: Path, engine: str) ->
         s.wait_ready(180)
         for _ in range(6):
             assert exact(s, fresh_post(s, {"features": IDS}), IDS)
+        v2_exact(s)
         assert s.terminate() == 0
     finally:
         s.close()
